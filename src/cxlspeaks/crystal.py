@@ -249,3 +249,32 @@ def load_crystal(structure_file: str | Path | None, d_min_A: float, synthetic_se
         return crystal_from_structure(synthetic_structure(seed=synthetic_seed), d_min_A,
                                       source=f"synthetic:seed={synthetic_seed}")
     return crystal_from_structure(read_structure(structure_file), d_min_A, source=str(structure_file))
+
+
+# ---------------------------------------------------------------------- reflection files
+def save_crystal(crystal: Crystal, path: str | Path) -> None:
+    """Write the reflection list and its crystal (cell, space group, d_min, source) to HDF5, atomically."""
+    import h5py
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("hkl", data=crystal.hkl.astype(np.int32))
+        h5.create_dataset("intensity", data=crystal.intensity.astype(np.float64))
+        h5["intensity"].attrs["units"] = "electrons^2 per unit cell (|F_hkl|^2)"
+        h5.attrs["cell_A_deg"] = np.array(crystal.cell_parameters)
+        h5.attrs["spacegroup"] = crystal.spacegroup.hm
+        h5.attrs["d_min_A"] = crystal.d_min_A
+        h5.attrs["source"] = crystal.source
+
+
+def read_crystal(path: str | Path) -> Crystal:
+    """Read a reflection file written by :func:`save_crystal`."""
+    from .io import DataFileError, open_h5
+
+    with open_h5(path) as h5:
+        try:
+            return Crystal(cell=gemmi.UnitCell(*h5.attrs["cell_A_deg"]),
+                           spacegroup=gemmi.SpaceGroup(str(h5.attrs["spacegroup"])),
+                           hkl=h5["hkl"][()], intensity=h5["intensity"][()], d_min_A=float(h5.attrs["d_min_A"]),
+                           source=str(h5.attrs["source"]))
+        except KeyError as exc:
+            raise DataFileError(f"{path}: not a cxlspeaks reflection file (missing {exc})") from None

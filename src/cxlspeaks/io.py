@@ -24,9 +24,14 @@ class DataFileError(ValueError):
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds, delete it if not."""
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds, delete it if not.
+
+    Leftovers of an earlier killed writer of the same file (``.NAME.*.part``) are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.part"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -80,3 +85,134 @@ def read_dataset(path: str | Path, name: str, ndim: int | None = None) -> np.nda
     if ndim is not None and np.ndim(data) != ndim:
         raise DataFileError(f"{path}: {name} has {np.ndim(data)} dimensions, expected {ndim}")
     return data
+
+
+# ---------------------------------------------------------------------- frame files (the output contract)
+DATA = "/entry/data/data"
+SIGNAL = "/entry/data/signal"
+LABEL = "/entry/data/label"
+BACKGROUND = "/entry/data/background"
+HAS_PEAKS = "/entry/data/has_peaks"
+RESULT = "/entry_1/result_1"
+PEAK_FIELDS = {"peakXPosRaw": np.float32, "peakYPosRaw": np.float32, "peakTotalIntensity": np.float32,
+               "peakH": np.int32, "peakK": np.int32, "peakL": np.int32}
+CRYSTAL_AXES = ("astar", "bstar", "cstar")
+PHOTON_ENERGY = "/entry/instrument/beam/photon_energy_ev"
+CLEN = "/entry/instrument/detector/clen_m"
+GEOMETRY_TEXT = "/entry/instrument/detector/geometry"
+
+
+class FrameStackWriter:
+    """Writes an (N, ss, fs) frame stack in the cxlspeaks layout, atomically (renamed into place on close).
+
+    Layout: /entry/data/{data uint32, signal float32, label uint8} (N, ss, fs) one chunk per frame, bitshuffle-LZ4;
+    /entry/data/has_peaks bool (N,); /entry_1/result_1/nPeaks (N,) and peakXPosRaw, peakYPosRaw,
+    peakTotalIntensity, peakH, peakK, peakL (N, max_peaks) in the raw CXI convention; /entry/crystal/astar,
+    bstar, cstar (N, 3) float64 1/m and quaternion (N, 4).
+    """
+
+    def __init__(self, path: str | Path, n_frames: int, frame_shape: tuple[int, int], max_peaks: int):
+        self.path = Path(path)
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        self.h5 = h5py.File(self._tmp, "w")
+        self.n_frames, self.max_peaks = n_frames, max_peaks
+        entry = self.h5.require_group("/entry/data")
+        self.data = create_frame_stack(entry, "data", n_frames, frame_shape, np.uint32)
+        self.signal = create_frame_stack(entry, "signal", n_frames, frame_shape, np.float32)
+        self.label = create_frame_stack(entry, "label", n_frames, frame_shape, np.uint8)
+        self.has_peaks = entry.create_dataset("has_peaks", shape=(n_frames,), dtype=bool)
+        result = self.h5.require_group(RESULT)
+        self.n_peaks = result.create_dataset("nPeaks", shape=(n_frames,), dtype=np.int32)
+        self.peaks = {name: result.create_dataset(name, shape=(n_frames, max_peaks), dtype=dtype,
+                                                  chunks=(1, max_peaks), **bitshuffle_lz4())
+                      for name, dtype in PEAK_FIELDS.items()}
+        crystal = self.h5.require_group("/entry/crystal")
+        self.axes = {name: crystal.create_dataset(name, shape=(n_frames, 3), dtype=np.float64)
+                     for name in CRYSTAL_AXES}
+        self.quaternion = crystal.create_dataset("quaternion", shape=(n_frames, 4), dtype=np.float64)
+
+    def write_frame(self, i: int, counts: np.ndarray, signal: np.ndarray | None, label: np.ndarray | None,
+                    peaks: dict[str, np.ndarray] | None = None, astar_bstar_cstar: np.ndarray | None = None,
+                    quaternion: np.ndarray | None = None) -> None:
+        """Frame ``i``: counts, expected signal, label, peak arrays (keys of PEAK_FIELDS) and orientation.
+
+        ``signal``/``label`` None write zeros (an empty frame); peak lists longer than max_peaks are an error.
+        """
+        self.data[i] = counts
+        if signal is not None:
+            self.signal[i] = signal
+        if label is not None:
+            self.label[i] = label
+        n = 0 if peaks is None else len(peaks["peakXPosRaw"])
+        if n > self.max_peaks:
+            raise ValueError(f"{self.path}: frame {i} has {n} peaks, more than max_peaks = {self.max_peaks}")
+        self.n_peaks[i] = n
+        self.has_peaks[i] = n > 0
+        if n:
+            for name, dset in self.peaks.items():
+                row = np.zeros(self.max_peaks, dtype=dset.dtype)
+                row[:n] = peaks[name]
+                dset[i] = row
+        if astar_bstar_cstar is not None:
+            for j, name in enumerate(CRYSTAL_AXES):
+                self.axes[name][i] = np.asarray(astar_bstar_cstar)[:, j]
+        if quaternion is not None:
+            self.quaternion[i] = quaternion
+
+    def copy_frame(self, source: h5py.File, j: int, i: int) -> None:
+        """Copy frame ``j`` of another file in this layout to frame ``i``, moving compressed chunks as they are."""
+        for name in ("data", "signal", "label"):
+            src = source["/entry/data/" + name]
+            dst = {"data": self.data, "signal": self.signal, "label": self.label}[name]
+            if src.compression_opts == dst.compression_opts and src.chunks == dst.chunks:
+                filter_mask, chunk = src.id.read_direct_chunk((j, 0, 0))
+                dst.id.write_direct_chunk((i, 0, 0), chunk, filter_mask)
+            else:
+                dst[i] = src[j]
+        n = int(source[RESULT + "/nPeaks"][j])
+        if n > self.max_peaks:
+            raise ValueError(f"{self.path}: frame {i} has {n} peaks, more than max_peaks = {self.max_peaks}")
+        self.n_peaks[i] = n
+        self.has_peaks[i] = bool(source[HAS_PEAKS][j])
+        for name, dset in self.peaks.items():
+            row = np.zeros(self.max_peaks, dtype=dset.dtype)
+            src_row = source[RESULT + "/" + name][j]
+            row[:min(len(src_row), self.max_peaks)] = src_row[:self.max_peaks]
+            dset[i] = row
+        for name in CRYSTAL_AXES:
+            self.axes[name][i] = source["/entry/crystal/" + name][j]
+        self.quaternion[i] = source["/entry/crystal/quaternion"][j]
+
+    def set_metadata(self, photon_energy_ev: float, clen_m: float, geometry_text: str,
+                     background: np.ndarray | None = None, attrs: dict | None = None) -> None:
+        """Beam and detector values, the CrystFEL geometry text and the expected water image."""
+        self.h5.create_dataset(PHOTON_ENERGY, data=float(photon_energy_ev))
+        self.h5[PHOTON_ENERGY].attrs["units"] = "eV"
+        self.h5.create_dataset(CLEN, data=float(clen_m))
+        self.h5[CLEN].attrs["units"] = "m"
+        self.h5.create_dataset(GEOMETRY_TEXT, data=geometry_text)
+        if background is not None:
+            self.h5.create_dataset(BACKGROUND, data=np.asarray(background, dtype=np.float32),
+                                   **bitshuffle_lz4())
+        for key, value in (attrs or {}).items():
+            self.h5["/entry"].attrs[key] = value
+
+    def close(self) -> None:
+        """Finish the file and move it into place."""
+        self.h5.close()
+        self._atomic.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        """Discard the partial file."""
+        self.h5.close()
+        self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> "FrameStackWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -31,44 +31,26 @@ class WaterSheet:
     thickness_jitter: float = 0.0
 
 
-class FrameSimulator:
-    """Simulates the frames of one dataset with the chosen Bragg and water backends."""
+def expected_water(geometry: Geometry, beam: Beam, water: WaterSheet = WaterSheet(),
+                   backend: str = "builtin") -> np.ndarray:
+    """The expected water image (photons per pixel, float32) from the builtin engine or from reborn."""
+    if backend == "builtin":
+        return water_intensity(geometry, beam, water.thickness_m, water.temperature_k)
+    if backend == "reborn":
+        from .reborn_backend import reborn_water_intensity
 
-    def __init__(self, geometry: Geometry, crystal: Crystal, beam: Beam, sample: CrystalSample = CrystalSample(),
-                 water: WaterSheet = WaterSheet(), seed: int = 0, dataset: str = "default",
-                 spot_sigma_px: float = 0.5, bragg_backend: str = "builtin", water_backend: str = "builtin"):
-        self.geometry, self.crystal, self.beam, self.sample, self.water = geometry, crystal, beam, sample, water
-        self.seed, self.dataset = seed, dataset
-        self.builtin = BraggSimulator(geometry, crystal, beam, sample, spot_sigma_px=spot_sigma_px)
-        if bragg_backend == "builtin":
-            self._pattern_sim = None
-        elif bragg_backend == "pattern_sim":
-            from .pattern_sim import PatternSimBackend
+        return reborn_water_intensity(geometry, beam, water.thickness_m, water.temperature_k)
+    raise ValueError(f"unknown water backend {backend!r}; choose one of {WATER_BACKENDS}")
 
-            self._pattern_sim = PatternSimBackend(geometry, crystal, beam, sample)
-        else:
-            raise ValueError(f"unknown Bragg backend {bragg_backend!r}; choose one of {BRAGG_BACKENDS}")
-        if water_backend == "builtin":
-            self.background = water_intensity(geometry, beam, water.thickness_m, water.temperature_k)
-        elif water_backend == "reborn":
-            from .reborn_backend import reborn_water_intensity
 
-            self.background = reborn_water_intensity(geometry, beam, water.thickness_m, water.temperature_k)
-        else:
-            raise ValueError(f"unknown water backend {water_backend!r}; choose one of {WATER_BACKENDS}")
-        self._background_sampler = PoissonImage(self.background)
+class PhotonRecorder:
+    """Records one dataset's frames: Poisson(signal + thickness factor * water), one random stream per frame."""
 
-    def orientation(self, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(CrystFEL quaternion w x y z, lab reciprocal axes 3 x 3 in 1/m) of a frame, uniform on SO(3)."""
-        q, astar = self.crystal.random_orientations(frame_rng(self.seed, self.dataset, frame_index, "orientation"), 1)
-        return q[0], astar[0]
-
-    def signal(self, frame_index: int) -> BraggFrame:
-        """Expected Bragg photons and true peaks of a frame."""
-        q, astar = self.orientation(frame_index)
-        if self._pattern_sim is not None:
-            return self._pattern_sim.simulate(q)
-        return self.builtin.simulate(astar)
+    def __init__(self, background: np.ndarray, water: WaterSheet = WaterSheet(), seed: int = 0,
+                 dataset: str = "default"):
+        self.background = np.asarray(background, dtype=np.float32)
+        self.water, self.seed, self.dataset = water, seed, dataset
+        self._sampler = PoissonImage(self.background)
 
     def thickness_factor(self, frame_index: int, empty: bool = False) -> float:
         """The frame's shot-to-shot water thickness factor (1 without jitter)."""
@@ -83,7 +65,55 @@ class FrameSimulator:
         shares a draw with the overlay of the same index.
         """
         rng = frame_rng(self.seed, self.dataset, frame_index, "empty_noise" if empty else "noise")
-        counts = self._background_sampler.draw(rng, self.thickness_factor(frame_index, empty))
+        counts = self._sampler.draw(rng, self.thickness_factor(frame_index, empty))
         if signal_image is not None:
             add_poisson_counts(counts, signal_image, rng)
         return counts
+
+
+class FrameSimulator:
+    """Simulates the frames of one dataset with the chosen Bragg and water backends."""
+
+    def __init__(self, geometry: Geometry, crystal: Crystal, beam: Beam, sample: CrystalSample = CrystalSample(),
+                 water: WaterSheet = WaterSheet(), seed: int = 0, dataset: str = "default",
+                 spot_sigma_px: float = 0.5, bragg_backend: str = "builtin", water_backend: str = "builtin",
+                 background: np.ndarray | None = None):
+        """``background``: a precomputed expected water image (e.g. the dataset's water file) to use as is."""
+        self.geometry, self.crystal, self.beam, self.sample, self.water = geometry, crystal, beam, sample, water
+        self.seed, self.dataset = seed, dataset
+        self.builtin = BraggSimulator(geometry, crystal, beam, sample, spot_sigma_px=spot_sigma_px)
+        if bragg_backend == "builtin":
+            self._pattern_sim = None
+        elif bragg_backend == "pattern_sim":
+            from .pattern_sim import PatternSimBackend
+
+            self._pattern_sim = PatternSimBackend(geometry, crystal, beam, sample)
+        else:
+            raise ValueError(f"unknown Bragg backend {bragg_backend!r}; choose one of {BRAGG_BACKENDS}")
+        if background is not None:
+            if np.shape(background) != geometry.shape:
+                raise ValueError(f"background shape {np.shape(background)} differs from the detector {geometry.shape}")
+            self.background = np.asarray(background, dtype=np.float32)
+        else:
+            self.background = expected_water(geometry, beam, water, water_backend)
+        self.recorder = PhotonRecorder(self.background, water, seed, dataset)
+
+    def orientation(self, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(CrystFEL quaternion w x y z, lab reciprocal axes 3 x 3 in 1/m) of a frame, uniform on SO(3)."""
+        q, astar = self.crystal.random_orientations(frame_rng(self.seed, self.dataset, frame_index, "orientation"), 1)
+        return q[0], astar[0]
+
+    def signal(self, frame_index: int) -> BraggFrame:
+        """Expected Bragg photons and true peaks of a frame."""
+        q, astar = self.orientation(frame_index)
+        if self._pattern_sim is not None:
+            return self._pattern_sim.simulate(q)
+        return self.builtin.simulate(astar)
+
+    def thickness_factor(self, frame_index: int, empty: bool = False) -> float:
+        """The frame's shot-to-shot water thickness factor (see :class:`PhotonRecorder`)."""
+        return self.recorder.thickness_factor(frame_index, empty)
+
+    def record(self, frame_index: int, signal_image: np.ndarray | None, empty: bool = False) -> np.ndarray:
+        """Recorded counts of a frame (see :meth:`PhotonRecorder.record`)."""
+        return self.recorder.record(frame_index, signal_image, empty)
