@@ -251,6 +251,19 @@ def load_crystal(structure_file: str | Path | None, d_min_A: float, synthetic_se
     return crystal_from_structure(read_structure(structure_file), d_min_A, source=str(structure_file))
 
 
+def build_reflections(structure_file: str | Path | None, output: str | Path, d_min_A: float,
+                      synthetic: bool = False, synthetic_seed: int = 0, keep_waters: bool = False,
+                      keep_ligands: bool = False, keep_hydrogens: bool = False, **_ignored) -> None:
+    """Compute the full-sphere |F|^2 list of a structure file (or the synthetic crystal) and save it to HDF5."""
+    if synthetic:
+        crystal = load_crystal(None, d_min_A, synthetic_seed=synthetic_seed)
+    else:
+        structure = read_structure(structure_file, keep_waters=keep_waters, keep_ligands=keep_ligands,
+                                   keep_hydrogens=keep_hydrogens)
+        crystal = crystal_from_structure(structure, d_min_A, source=str(structure_file))
+    save_crystal(crystal, output)
+
+
 # ---------------------------------------------------------------------- reflection files
 def save_crystal(crystal: Crystal, path: str | Path) -> None:
     """Write the reflection list and its crystal (cell, space group, d_min, source) to HDF5, atomically."""

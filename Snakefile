@@ -1,0 +1,24 @@
+# cxlspeaks: simulate CXLS Eiger 4M frames, assemble labelled datasets and splits (train, evaluate, apply next).
+#   snakemake --cores N                          the default run (config/config.yaml)
+#   snakemake --cores N --configfile config/test.yaml
+#   snakemake --profile slurm                    on a SLURM cluster
+#   snakemake results/datasets/05/frames.h5      one dataset
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/structure.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/assemble.smk"
+
+
+rule all:
+    input:
+        all_dataset_outputs(),
+        expand("results/splits/{split}.csv", split=SPLITS),
+    default_target: True

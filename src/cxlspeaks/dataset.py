@@ -1,0 +1,210 @@
+"""Datasets: simulated shards, assembled frame files, labels, empty frames, validation, manifests and splits.
+
+A dataset's ``frames.h5`` holds ``frames`` crystal frames (overlays: Poisson(signal + water)) followed by
+``n_empty`` background-only frames (each its own Poisson draw of the water; signal and label zero). Labels are
+``signal >= label_threshold_photons`` on the expected Bragg image. The true peak list of a frame holds the
+reflections with at least ``peak_list_min_photons`` expected photons on good pixels; ``has_peaks`` is true when
+that list is not empty.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from .crystal import Crystal
+from .io import (CLEN, GEOMETRY_TEXT, HAS_PEAKS, PHOTON_ENERGY, RESULT, DataFileError, FrameStackWriter,
+                 atomic_path, open_h5, read_dataset)
+from .seeding import frame_rng
+from .settings import DatasetSettings
+from .simulate.engine import FrameSimulator, PhotonRecorder, expected_water
+
+MANIFEST_COLUMNS = ("frame", "has_peaks", "n_peaks", "photon_energy_ev", "clen_m", "flux", "kind")
+SPLIT_COLUMNS = ("dataset", "frame", "subset")
+
+
+class ValidationError(ValueError):
+    """A dataset whose recorded attributes disagree with its config."""
+
+
+def peak_arrays(peaks: pd.DataFrame, min_photons: float) -> dict[str, np.ndarray]:
+    """The true reflections with >= ``min_photons`` as CXI peak-list columns (raw pixel convention)."""
+    kept = peaks[peaks["photons"] >= min_photons]
+    return {"peakXPosRaw": kept["fs"].to_numpy(), "peakYPosRaw": kept["ss"].to_numpy(),
+            "peakTotalIntensity": kept["photons"].to_numpy(), "peakH": kept["h"].to_numpy(),
+            "peakK": kept["k"].to_numpy(), "peakL": kept["l"].to_numpy()}
+
+
+def water_image(settings: DatasetSettings, output: str | Path) -> None:
+    """Write the dataset's expected water image (photons per pixel, float32) to HDF5."""
+    image = expected_water(settings.geometry(), settings.beam, settings.water, settings.water_backend)
+    with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("/entry/data/background", data=image)
+        h5["/entry/data/background"].attrs["units"] = "expected photons per pixel"
+        h5.attrs["fingerprint"] = settings.fingerprint()
+
+
+def _frame_simulator(settings: DatasetSettings, crystal: Crystal, seed: int, water_path: str | Path) -> FrameSimulator:
+    background = read_dataset(water_path, "/entry/data/background", ndim=2)
+    return FrameSimulator(settings.geometry(), crystal, settings.beam, settings.sample, settings.water, seed=seed,
+                          dataset=settings.name, spot_sigma_px=settings.spot_sigma_px,
+                          bragg_backend=settings.bragg_backend, background=background)
+
+
+def simulate_shard(settings: DatasetSettings, crystal: Crystal, shard: int, seed: int, water_path: str | Path,
+                   output: str | Path, progress: bool = False) -> None:
+    """Simulate the crystal frames of one shard (signal, labels, overlays, true peaks) into ``output``."""
+    frames = settings.shard_frames(shard)
+    sim = _frame_simulator(settings, crystal, seed, water_path)
+    geometry = sim.geometry
+    iterator = frames
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(frames, desc=f"dataset {settings.name} shard {shard}", unit="frame")
+    with FrameStackWriter(output, len(frames), geometry.shape, settings.max_peaks) as out:
+        for j, i in enumerate(iterator):
+            q, astar = sim.orientation(i)
+            frame = sim.signal(i)
+            counts = sim.record(i, frame.image)
+            label = (frame.image >= settings.label_threshold_photons).astype(np.uint8)
+            out.write_frame(j, counts, frame.image, label, peak_arrays(frame.peaks, settings.peak_list_min_photons),
+                            frame.astar_bstar_cstar, q)
+        out.set_metadata(settings.photon_energy_ev, settings.clen_m, geometry.to_geom_text(),
+                         attrs={"dataset": settings.name, "first_frame": frames.start, "shard": shard,
+                                "fingerprint": settings.fingerprint()})
+
+
+def detector_geometry(settings: DatasetSettings):
+    """The dataset's CrystFEL geometry, reading frames from /entry/data/data with dim0 = % (the frame index)."""
+    return settings.geometry().replace_panels(data="/entry/data/data", dims=("%", "ss", "fs"))
+
+
+def write_detector_geometry(settings: DatasetSettings, output: str | Path) -> None:
+    """Write the dataset's detector.geom (camera length, photon energy and bandwidth included)."""
+    detector_geometry(settings).write(output)
+
+
+def assemble_dataset(settings: DatasetSettings, shard_paths: Sequence[str | Path], water_path: str | Path,
+                     seed: int, frames_output: str | Path, manifest_output: str | Path) -> None:
+    """Join the shards, add the empty frames, validate, and write frames.h5 and manifest.csv."""
+    geometry = detector_geometry(settings)
+    n_total = settings.frames + settings.n_empty
+    background = read_dataset(water_path, "/entry/data/background", ndim=2)
+    recorder = PhotonRecorder(background, settings.water, seed, settings.name)
+    with FrameStackWriter(frames_output, n_total, geometry.shape, settings.max_peaks) as out:
+        i = 0
+        for shard, path in enumerate(shard_paths):
+            with open_h5(path) as src:
+                _check_shard(src, path, settings, shard)
+                for j in range(src["/entry/data/data"].shape[0]):
+                    out.copy_frame(src, j, i)
+                    i += 1
+        if i != settings.frames:
+            raise ValidationError(f"{frames_output}: shards hold {i} frames, the config asks for {settings.frames}")
+        for k in range(settings.n_empty):
+            out.write_frame(settings.frames + k, recorder.record(k, None, empty=True), None, None)
+        out.set_metadata(settings.photon_energy_ev, settings.clen_m, geometry.to_geom_text(), background,
+                         attrs={"dataset": settings.name, "flux": settings.flux, "n_empty": settings.n_empty,
+                                "fingerprint": settings.fingerprint()})
+        validate_frames(out.h5, settings, frames_output)
+        manifest = frames_manifest(out.h5, settings)
+    with atomic_path(manifest_output) as tmp:
+        manifest.to_csv(tmp, index=False)
+
+
+def _check_shard(src: h5py.File, path, settings: DatasetSettings, shard: int) -> None:
+    attrs = src["/entry"].attrs
+    expected = len(settings.shard_frames(shard))
+    if attrs.get("fingerprint") != settings.fingerprint():
+        raise ValidationError(f"{path}: shard was simulated with other settings than dataset {settings.name}'s")
+    if src["/entry/data/data"].shape[0] != expected:
+        raise ValidationError(f"{path}: holds {src['/entry/data/data'].shape[0]} frames, expected {expected}")
+
+
+def validate_frames(h5: h5py.File, settings: DatasetSettings, path) -> None:
+    """Check that has_peaks, photon energy and camera length agree with the config and the frame contents."""
+    energy = float(h5[PHOTON_ENERGY][()])
+    clen = float(h5[CLEN][()])
+    if not np.isclose(energy, settings.photon_energy_ev, rtol=1e-9):
+        raise ValidationError(f"{path}: photon energy {energy} eV, config says {settings.photon_energy_ev} eV")
+    if not np.isclose(clen, settings.clen_m, rtol=1e-9):
+        raise ValidationError(f"{path}: camera length {clen} m, config says {settings.clen_m} m")
+    has_peaks = h5[HAS_PEAKS][()]
+    n_peaks = h5[RESULT + "/nPeaks"][()]
+    if not np.array_equal(has_peaks, n_peaks > 0):
+        raise ValidationError(f"{path}: has_peaks disagrees with nPeaks")
+    if has_peaks[settings.frames:].any():
+        raise ValidationError(f"{path}: an empty (background-only) frame is marked has_peaks")
+    signal = h5["/entry/data/signal"]
+    for i in range(settings.frames, settings.frames + settings.n_empty):
+        if signal[i].any():
+            raise ValidationError(f"{path}: empty frame {i} carries Bragg signal")
+    for i in np.flatnonzero(has_peaks):
+        if not signal[i].any():
+            raise ValidationError(f"{path}: frame {i} is marked has_peaks but has no Bragg signal")
+
+
+def frames_manifest(h5: h5py.File, settings: DatasetSettings) -> pd.DataFrame:
+    """One row per frame: frame, has_peaks, n_peaks, photon_energy_ev, clen_m, flux, kind (overlay or empty)."""
+    n = h5[HAS_PEAKS].shape[0]
+    kind = np.where(np.arange(n) < settings.frames, "overlay", "empty")
+    return pd.DataFrame({"frame": np.arange(n), "has_peaks": h5[HAS_PEAKS][()],
+                         "n_peaks": h5[RESULT + "/nPeaks"][()], "photon_energy_ev": settings.photon_energy_ev,
+                         "clen_m": settings.clen_m, "flux": settings.flux, "kind": kind})
+
+
+def read_manifest(path: str | Path, dataset: str) -> pd.DataFrame:
+    """A dataset's manifest with a ``dataset`` column; one-line error when missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: manifest not found")
+    table = pd.read_csv(path, dtype={"frame": int})
+    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataFileError(f"{path}: manifest lacks column {missing[0]!r}")
+    return table.assign(dataset=dataset)
+
+
+def select_datasets(manifests: pd.DataFrame, datasets: Sequence[str] = (), flux: Sequence[str] = ()) -> pd.DataFrame:
+    """The frames of the chosen datasets and flux levels (empty selections mean all)."""
+    chosen = manifests
+    if datasets:
+        chosen = chosen[chosen["dataset"].isin(list(datasets))]
+    if flux:
+        chosen = chosen[chosen["flux"].isin(list(flux))]
+    return chosen
+
+
+def stratified_split(frames: pd.DataFrame, seed: int, test_fraction: float = 0.2,
+                     strata: Sequence[str] = ("dataset", "has_peaks"), name: str = "split") -> pd.DataFrame:
+    """Seeded split into train and test: in every stratum round(n * test_fraction) frames go to the test set.
+
+    Returns columns dataset, frame, subset, sorted by dataset and frame.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    subset = pd.Series("train", index=frames.index)
+    for key, group in frames.groupby(list(strata), sort=True):
+        rng = frame_rng(seed, f"{name}:{key}", 0, "split")
+        n_test = int(round(len(group) * test_fraction))
+        test_index = rng.permutation(group.index.to_numpy())[:n_test]
+        subset.loc[test_index] = "test"
+    out = frames.assign(subset=subset)[list(SPLIT_COLUMNS)]
+    return out.sort_values(["dataset", "frame"], kind="stable").reset_index(drop=True)
+
+
+def write_split(manifest_paths: dict[str, str | Path], output: str | Path, seed: int, test_fraction: float,
+                datasets: Sequence[str] = (), flux: Sequence[str] = (), name: str = "split") -> None:
+    """Read the manifests, select datasets, split 80/20 (by default) per stratum, and write the split CSV."""
+    manifests = pd.concat([read_manifest(p, d) for d, p in manifest_paths.items()], ignore_index=True)
+    chosen = select_datasets(manifests, datasets, flux)
+    if chosen.empty:
+        raise ValueError(f"split {name}: the selection (datasets {list(datasets)}, flux {list(flux)}) is empty")
+    table = stratified_split(chosen, seed, test_fraction, name=name)
+    with atomic_path(output) as tmp:
+        table.to_csv(tmp, index=False)

@@ -1,0 +1,110 @@
+"""From a workflow config (a validated dict) to the objects the simulators take.
+
+A dataset is one photon energy x camera length x flux combination. Its settings are the config's ``defaults``
+overlaid with the dataset's own entry (``datasets: {name: {...}}``), so any default can be changed for one dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .geometry import Geometry, read_geometry, shipped_geometry
+from .simulate.beam import Beam
+from .simulate.bragg import CrystalSample
+from .simulate.engine import WaterSheet
+
+FLUX_LEVELS = ("normal", "low", "extreme")
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """Everything that determines one dataset's frames (SI units)."""
+
+    name: str
+    photon_energy_ev: float
+    clen_m: float
+    flux: str = "normal"
+    frames: int = 100
+    empty_percent: float = 30.0
+    frames_per_shard: int = 50
+    bandwidth: float = 0.01
+    spectrum: str = "tophat"
+    n_photons: float = 3e8
+    beam_radius_m: float = 5e-6
+    divergence_rad: float = 1e-3
+    polarisation_fraction: float = 1.0
+    crystal_size_m: float = 10e-6
+    mosaicity_rad: float = 0.0
+    water_thickness_m: float = 10e-6
+    water_temperature_k: float = 298.15
+    water_thickness_jitter: float = 0.05
+    spot_sigma_px: float = 0.5
+    label_threshold_photons: float = 0.5
+    peak_list_min_photons: float = 1.0
+    max_peaks: int = 2048
+    detector: str = "eiger4m"
+    bragg_backend: str = "builtin"
+    water_backend: str = "builtin"
+
+    @property
+    def beam(self) -> Beam:
+        return Beam(photon_energy_ev=self.photon_energy_ev, bandwidth=self.bandwidth, spectrum=self.spectrum,
+                    n_photons=self.n_photons, beam_radius_m=self.beam_radius_m,
+                    divergence_rad=self.divergence_rad, polarisation_fraction=self.polarisation_fraction)
+
+    @property
+    def sample(self) -> CrystalSample:
+        return CrystalSample(size_m=self.crystal_size_m, mosaicity_rad=self.mosaicity_rad)
+
+    @property
+    def water(self) -> WaterSheet:
+        return WaterSheet(thickness_m=self.water_thickness_m, temperature_k=self.water_temperature_k,
+                          thickness_jitter=self.water_thickness_jitter)
+
+    @property
+    def n_empty(self) -> int:
+        """Background-only frames added to the dataset: round(frames * empty_percent / 100)."""
+        return int(round(self.frames * self.empty_percent / 100.0))
+
+    @property
+    def n_shards(self) -> int:
+        return max(1, -(-self.frames // self.frames_per_shard))
+
+    def shard_frames(self, shard: int) -> range:
+        """Indices of the crystal frames that shard ``shard`` simulates."""
+        if not 0 <= shard < self.n_shards:
+            raise ValueError(f"dataset {self.name} has shards 0..{self.n_shards - 1}, not {shard}")
+        return range(shard * self.frames_per_shard, min(self.frames, (shard + 1) * self.frames_per_shard))
+
+    def geometry(self, repo_root: str | Path = ".") -> Geometry:
+        """The detector at this dataset's camera length, carrying its photon energy and bandwidth."""
+        if self.detector in ("eiger4m", "source_single_panel", "tiny"):
+            geom = shipped_geometry(self.detector, clen_m=self.clen_m)
+        else:
+            geom = read_geometry(Path(repo_root) / self.detector).with_clen(self.clen_m)
+        return geom.with_beam(self.photon_energy_ev, self.bandwidth)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A short hash of the settings (stored in files, so stale shards are recognised)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dataset_settings(config: dict, name: str) -> DatasetSettings:
+    """The settings of dataset ``name``: config ``defaults`` overlaid with ``datasets[name]``."""
+    datasets = config.get("datasets", {})
+    if name not in datasets:
+        raise KeyError(f"datasets.{name}: no such dataset in the config")
+    fields = {f.name for f in dataclasses.fields(DatasetSettings)}
+    merged = {**config.get("defaults", {}), **(datasets[name] or {})}
+    unknown = sorted(set(merged) - fields)
+    if unknown:
+        raise KeyError(f"datasets.{name}: unknown setting {unknown[0]!r}")
+    return DatasetSettings(name=name, **merged)

@@ -1,0 +1,227 @@
+"""The Snakemake workflow: dry run of the default config, a real run of config/test.yaml, reruns, bad configs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers the bitshuffle filter for reading)
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cxlspeaks.geometry import read_geometry
+
+from conftest import REPO
+
+BITSHUFFLE_FILTER_ID = 32008
+BITSHUFFLE_LZ4 = 2  # the filter's 5th parameter: 2 = LZ4 compression after the bit shuffle
+STAGES = ("reflections", "water", "simulate_shard", "assemble", "geometry", "split")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run snakemake on the repository's Snakefile in ``workdir``."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a snakemake run or dry run."""
+    block = output.split("Job stats:")[1].split("\n\n")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", block, re.M)}
+
+
+@pytest.fixture(scope="module")
+def test_run(tmp_path_factory):
+    """One real run of config/test.yaml in a temporary directory."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    config = workdir / "config.yaml"
+    shutil.copy(REPO / "config" / "test.yaml", config)
+    snakemake(workdir, "--configfile", str(config), "--cores", "2")
+    return workdir, yaml.safe_load(config.read_text())
+
+
+def test_dry_run_of_the_default_config_lists_every_stage_for_every_dataset(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    result = snakemake(tmp_path, "--configfile", str(REPO / "config" / "config.yaml"), "-n")
+    counts = job_counts(result.stdout + result.stderr)
+    n = len(config["datasets"])
+    frames = config["defaults"]["frames"]
+    shards = -(-frames // config["defaults"]["frames_per_shard"])
+    assert n == 11
+    assert counts["water"] == counts["assemble"] == counts["geometry"] == n
+    assert counts["simulate_shard"] == n * shards
+    assert counts["reflections"] == 1 and counts["download_structure"] == 1
+    assert counts["split"] == len(config["splits"])
+
+
+def test_lint_finds_nothing_to_fix():
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
+    assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
+
+
+def test_contract_files_have_the_stated_layout(test_run):
+    workdir, config = test_run
+    for name, entry in config["datasets"].items():
+        frames = workdir / "results" / "datasets" / name / "frames.h5"
+        n_crystal = config["defaults"]["frames"]
+        n_empty = round(n_crystal * config["defaults"]["empty_percent"] / 100)
+        n = n_crystal + n_empty
+        geometry = read_geometry(workdir / "results" / "datasets" / name / "detector.geom")
+        shape = geometry.shape
+        assert geometry.panels[0].data == "/entry/data/data" and geometry.panels[0].dims[0] == "%"
+        assert geometry.photon_energy_ev == entry["photon_energy_ev"] and geometry.clen_m == entry["clen_m"]
+        with h5py.File(frames) as h5:
+            for key, dtype in (("data", np.uint32), ("signal", np.float32), ("label", np.uint8)):
+                dset = h5[f"/entry/data/{key}"]
+                assert dset.shape == (n, *shape) and dset.dtype == dtype and dset.chunks == (1, *shape)
+                plist = dset.id.get_create_plist()
+                filters = [plist.get_filter(k) for k in range(plist.get_nfilters())]
+                assert [(f[0], f[2][4]) for f in filters] == [(BITSHUFFLE_FILTER_ID, BITSHUFFLE_LZ4)]
+            assert h5["/entry/data/background"].shape == shape and h5["/entry/data/background"].dtype == np.float32
+            has_peaks = h5["/entry/data/has_peaks"][()]
+            assert has_peaks.dtype == bool and has_peaks.shape == (n,)
+            assert has_peaks[:n_crystal].all() and not has_peaks[n_crystal:].any()
+            n_peaks = h5["/entry_1/result_1/nPeaks"][()]
+            max_peaks = config["defaults"]["max_peaks"]
+            for key in ("peakXPosRaw", "peakYPosRaw", "peakTotalIntensity", "peakH", "peakK", "peakL"):
+                assert h5[f"/entry_1/result_1/{key}"].shape == (n, max_peaks)
+            for key in ("astar", "bstar", "cstar"):
+                axis = h5[f"/entry/crystal/{key}"][()]
+                assert axis.shape == (n, 3) and axis.dtype == np.float64
+                assert (np.linalg.norm(axis[:n_crystal], axis=1) > 1e7).all() and not axis[n_crystal:].any()
+            assert h5["/entry/instrument/beam/photon_energy_ev"][()] == entry["photon_energy_ev"]
+            assert h5["/entry/instrument/detector/clen_m"][()] == entry["clen_m"]
+            assert "panel0/clen" in h5["/entry/instrument/detector/geometry"][()].decode()
+            # labels are the thresholded expected signal; empty frames carry none
+            signal = h5["/entry/data/signal"][()]
+            label = h5["/entry/data/label"][()]
+            np.testing.assert_array_equal(label, signal >= config["defaults"].get("label_threshold_photons", 0.5))
+            assert not signal[n_crystal:].any() and label[:n_crystal].any()
+            # the true peak lists: positions on the detector, photons above the listing threshold
+            xs = h5["/entry_1/result_1/peakXPosRaw"][()]
+            for i in range(n_crystal):
+                k = n_peaks[i]
+                assert k > 0 and ((-0.5 <= xs[i, :k]) & (xs[i, :k] < shape[1] - 0.5)).all()  # raw convention
+                assert (h5["/entry_1/result_1/peakTotalIntensity"][i, :k] >= 1.0).all()
+        manifest = pd.read_csv(workdir / "results" / "datasets" / name / "manifest.csv")
+        assert list(manifest.columns[:5]) == ["frame", "has_peaks", "n_peaks", "photon_energy_ev", "clen_m"]
+        assert len(manifest) == n and manifest["n_peaks"].tolist() == n_peaks.tolist()
+        assert (manifest["flux"] == entry.get("flux", "normal")).all()
+
+
+def test_empty_frames_are_all_different_and_differ_from_overlays(test_run):
+    workdir, config = test_run
+    n_crystal = config["defaults"]["frames"]
+    frames = []
+    for name in config["datasets"]:
+        with h5py.File(workdir / "results" / "datasets" / name / "frames.h5") as h5:
+            data = h5["/entry/data/data"][()]
+        frames += [(name, i, data[i].tobytes(), i >= n_crystal) for i in range(len(data))]
+    empties = [f for f in frames if f[3]]
+    n_empty = round(n_crystal * config["defaults"]["empty_percent"] / 100)
+    assert n_empty >= 2 and len(empties) == n_empty * len(config["datasets"])
+    for a in range(len(empties)):
+        for other in frames:
+            if other[:2] != empties[a][:2]:
+                assert other[2] != empties[a][2]
+
+
+def test_split_is_80_20_per_stratum_and_reproducible(test_run):
+    workdir, config = test_run
+    split = pd.read_csv(workdir / "results" / "splits" / "all.csv", dtype={"dataset": str})
+    assert list(split.columns) == ["dataset", "frame", "subset"]
+    manifests = pd.concat([pd.read_csv(workdir / "results" / "datasets" / d / "manifest.csv").assign(dataset=d)
+                           for d in config["datasets"]])
+    merged = split.merge(manifests, on=["dataset", "frame"], validate="one_to_one")
+    assert len(merged) == len(manifests)
+    for _, group in merged.groupby(["dataset", "has_peaks"]):
+        n_test = (group["subset"] == "test").sum()
+        assert abs(n_test - 0.2 * len(group)) <= 1
+    lowflux = pd.read_csv(workdir / "results" / "splits" / "lowflux.csv", dtype={"dataset": str})
+    assert set(lowflux["dataset"]) == {"extreme"}
+    # the same seed gives the same split
+    from cxlspeaks.dataset import stratified_split
+
+    again = stratified_split(manifests.reset_index(drop=True), seed=config["seed"], name="all")
+    pd.testing.assert_frame_equal(again, split)
+
+
+def test_changing_one_dataset_reruns_only_its_jobs(test_run, tmp_path):
+    workdir, config = test_run
+    changed = dict(config)
+    changed["datasets"] = {k: dict(v) for k, v in config["datasets"].items()}
+    changed["datasets"]["02"]["n_photons"] = 1.0e8
+    path = workdir / "changed.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    target = "results/datasets/02/frames.h5"
+    result = snakemake(workdir, "--configfile", str(path), "-n", target)
+    out = result.stdout + result.stderr
+    counts = job_counts(out)
+    assert counts["assemble"] == 1 and counts["simulate_shard"] == 2 and counts["water"] == 1
+    assert "dataset=02" in out and "dataset=01" not in out and "reflections" not in counts
+    # the unchanged config schedules nothing for the same target
+    same = snakemake(workdir, "--configfile", str(workdir / "config.yaml"), "-n", target)
+    assert "Nothing to be done" in same.stdout + same.stderr
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda c: c["defaults"].update(frames="many"), "defaults.frames"),
+    (lambda c: c["defaults"].update(colour="red"), "colour"),
+    (lambda c: c["datasets"]["01"].update(photon_energy_ev=-6000.0), "datasets.01.photon_energy_ev"),
+    (lambda c: c["datasets"].update({"a/b": {"clen_m": 0.1, "photon_energy_ev": 6000.0}}), "a/b"),
+    (lambda c: c["datasets"].update({"a b": {"clen_m": 0.1, "photon_energy_ev": 6000.0}}), "a b"),
+    (lambda c: c["structure"].update(synthetic=False, file="/nonexistent/1ic6.pdb"), "structure.file"),
+    (lambda c: c["datasets"]["01"].pop("clen_m"), "clen_m"),
+    (lambda c: c["splits"].update(bad={"datasets": ["nope"]}), "splits.bad.datasets"),
+])
+def test_malformed_configs_stop_before_any_job_with_one_line(tmp_path, edit, key):
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    edit(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--configfile", str(path), "--cores", "1", check=False)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("Using ")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("config error:") and key in lines[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_killed_simulation_job_leaves_no_trusted_file(tmp_path):
+    """Kill snakemake and its job mid-shard: the shard's final path never appears, and a rerun redoes it."""
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config["defaults"].update(frames=400, frames_per_shard=400, detector="source_single_panel")
+    config["datasets"] = {"01": config["datasets"]["01"]}
+    config["splits"] = {"all": {}}
+    config["structure"]["d_min_A"] = 2.8
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+           "--configfile", str(path), "--cores", "1", "results/datasets/01/frames.h5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    shard = tmp_path / "results" / "datasets" / "01" / "shards" / "0.h5"
+    deadline = time.time() + 300
+    try:
+        while not list(shard.parent.glob(".0.h5.*.part")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert list(shard.parent.glob(".0.h5.*.part")), "the shard never started"
+        time.sleep(1.0)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not shard.exists()
+    assert not (tmp_path / "results" / "datasets" / "01" / "frames.h5").exists()
+    rerun = snakemake(tmp_path, "--configfile", str(path), "-n", "results/datasets/01/frames.h5")
+    assert job_counts(rerun.stdout + rerun.stderr)["simulate_shard"] == 1
