@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .crystal import Crystal
-from .io import (CLEN, GEOMETRY_TEXT, HAS_PEAKS, PHOTON_ENERGY, RESULT, DataFileError, FrameStackWriter,
-                 atomic_path, open_h5, read_dataset)
+from .io import (CLEN, HAS_PEAKS, PHOTON_ENERGY, RESULT, DataFileError, FrameStackWriter, atomic_path,
+                 bitshuffle_lz4, open_h5, read_dataset)
 from .seeding import frame_rng
 from .settings import DatasetSettings
 from .simulate.engine import FrameSimulator, PhotonRecorder, expected_water
@@ -43,7 +43,7 @@ def water_image(settings: DatasetSettings, output: str | Path) -> None:
     """Write the dataset's expected water image (photons per pixel, float32) to HDF5."""
     image = expected_water(settings.geometry(), settings.beam, settings.water, settings.water_backend)
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("/entry/data/background", data=image)
+        h5.create_dataset("/entry/data/background", data=image, **bitshuffle_lz4())
         h5["/entry/data/background"].attrs["units"] = "expected photons per pixel"
         h5.attrs["fingerprint"] = settings.fingerprint()
 
