@@ -49,11 +49,11 @@ def test_recorded_photons_add_signal_and_scaled_water(engine):
     """Total counts of a hit are Poisson with mean sum(signal) + thickness factor * sum(water)."""
     signal = engine.signal(0)
     hit = engine.record(0, signal.image).astype(float)
-    expected = signal.image.sum() + engine.background.sum() * engine.thickness_factor(0)
+    expected = float(signal.image.sum() + engine.background.sum() * engine.thickness_factor(0))
     assert engine.thickness_factor(0) != 1.0
     assert hit.sum() == pytest.approx(expected, abs=6 * np.sqrt(expected))
     empty = engine.record(0, None, empty=True).astype(float)
-    expected_empty = engine.background.sum() * engine.thickness_factor(0, empty=True)
+    expected_empty = float(engine.background.sum() * engine.thickness_factor(0, empty=True))
     assert empty.sum() == pytest.approx(expected_empty, abs=6 * np.sqrt(expected_empty))
 
 
