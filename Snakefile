@@ -1,4 +1,5 @@
-# cxlspeaks: simulate CXLS Eiger 4M frames, assemble labelled datasets and splits (train, evaluate, apply next).
+# cxlspeaks: simulate CXLS Eiger 4M frames, assemble labelled datasets and splits, train one model per attribute,
+# evaluate them against the oracle bound, run the hit -> photon energy / camera length pipeline, report.
 #   snakemake --cores N                          the default run (config/config.yaml)
 #   snakemake --cores N --configfile config/test.yaml
 #   snakemake --profile slurm                    on a SLURM cluster
@@ -15,10 +16,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/structure.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/assemble.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
     input:
         all_dataset_outputs(),
         expand("results/splits/{split}.csv", split=SPLITS),
+        "results/reports/index.html",
     default_target: True

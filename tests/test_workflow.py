@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -226,3 +227,79 @@ def test_a_killed_simulation_job_leaves_no_trusted_file(tmp_path):
     assert not (tmp_path / "results" / "datasets" / "01" / "frames.h5").exists()
     rerun = snakemake(tmp_path, "--configfile", str(path), "-n", "results/datasets/01/frames.h5")
     assert job_counts(rerun.stdout + rerun.stderr)["simulate_shard"] == 1
+
+
+# ---------------------------------------------------------------------- models, reports and the pipeline
+def test_reports_hold_every_attribute_with_the_oracle(test_run):
+    workdir, config = test_run
+    reports = workdir / "results" / "reports"
+    for attribute in config["training"]["attributes"]:
+        for name in ("confusion_matrix.csv", "confusion_matrix.png", "metrics.json", "loss.png", "accuracy.png",
+                     "roc.png"):
+            assert (reports / attribute / name).stat().st_size > 0, (attribute, name)
+        matrix = pd.read_csv(reports / attribute / "confusion_matrix.csv", index_col=0)
+        np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
+    metrics = json.loads((reports / "hit" / "metrics.json").read_text())
+    assert set(metrics["per_flux"]) == {"normal", "low", "extreme"}
+    for flux, block in metrics["per_flux"].items():
+        assert 0.5 <= block["oracle_auc"] <= 1.0 and {"accuracy", "tpr", "fpr", "roc_auc"} <= set(block)
+    index = (reports / "index.html").read_text()
+    for attribute in config["training"]["attributes"]:
+        assert f"{attribute}/confusion_matrix.png" in index
+    assert "Pipeline on the test frames" in index
+    history = pd.read_csv(workdir / "results" / "models" / "hit" / "history.csv")
+    assert len(history) == config["training"]["attributes"]["hit"]["epochs"]
+
+
+def cxlspeaks_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cxlspeaks.cli", *args], capture_output=True, text=True)
+
+
+def test_pipeline_command_scores_a_frames_file(test_run, tmp_path):
+    workdir, config = test_run
+    models = workdir / "results" / "models"
+    frames = workdir / "results" / "datasets" / "01" / "frames.h5"
+    out = tmp_path / "scored.csv"
+    result = cxlspeaks_cli("run", str(frames), "--models", str(models), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out)
+    n = config["defaults"]["frames"] + round(config["defaults"]["frames"] * config["defaults"]["empty_percent"] / 100)
+    assert list(table["frame"]) == list(range(n))
+    assert {"hit_probability", "is_hit", "photon_energy_ev", "clen_m"} <= set(table.columns)
+    assert table.loc[~table["is_hit"], "photon_energy_ev"].isna().all()
+    # the same frames as a plain /entry/data/data stack with the detector's geometry file
+    plain = tmp_path / "plain.h5"
+    with h5py.File(frames) as src, h5py.File(plain, "w") as dst:
+        dst["/entry/data/data"] = src["/entry/data/data"][()]
+    again = tmp_path / "plain.csv"
+    geom = workdir / "results" / "datasets" / "01" / "detector.geom"
+    result = cxlspeaks_cli("run", str(plain), "--models", str(models), "--geometry", str(geom), "-o", str(again))
+    assert result.returncode == 0, result.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(again), table)
+    summary = pd.read_csv(workdir / "results" / "pipeline" / "summary.csv")
+    assert summary.loc[0, "frames"] == len(pd.read_csv(workdir / "results" / "pipeline" / "test_predictions.csv"))
+
+
+def test_pipeline_command_rejects_bad_input_with_exit_code_2(test_run, tmp_path):
+    workdir, _ = test_run
+    models = workdir / "results" / "models"
+    frames = workdir / "results" / "datasets" / "01" / "frames.h5"
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(frames.read_bytes()[: frames.stat().st_size // 2])
+    misshaped = tmp_path / "misshaped.h5"
+    with h5py.File(misshaped, "w") as h5:
+        h5["/entry/data/data"] = np.zeros((2, 30, 40), np.uint32)
+    geom = workdir / "results" / "datasets" / "01" / "detector.geom"
+    cases = [
+        (["run", str(tmp_path / "missing.h5"), "--models", str(models)], "file not found"),
+        (["run", str(truncated), "--models", str(models)], str(truncated)),
+        (["run", str(misshaped), "--models", str(models), "--geometry", str(geom)], "has shape"),
+        (["run", str(frames), "--models", str(models), "--hit-checkpoint",
+          str(models / "clen" / "checkpoint.pt")], "is for attribute 'clen', not 'hit'"),
+        (["run", str(frames), "--models", str(tmp_path)], "checkpoint not found"),
+    ]
+    for args, message in cases:
+        result = cxlspeaks_cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], result.stderr

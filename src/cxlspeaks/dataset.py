@@ -73,7 +73,7 @@ def simulate_shard(settings: DatasetSettings, crystal: Crystal, shard: int, seed
             counts = sim.record(i, frame.image)
             label = (frame.image >= settings.label_threshold_photons).astype(np.uint8)
             out.write_frame(j, counts, frame.image, label, peak_arrays(frame.peaks, settings.peak_list_min_photons),
-                            frame.astar_bstar_cstar, q)
+                            frame.astar_bstar_cstar, q, water_scale=sim.thickness_factor(i))
         out.set_metadata(settings.photon_energy_ev, settings.clen_m, geometry.to_geom_text(),
                          attrs={"dataset": settings.name, "first_frame": frames.start, "shard": shard,
                                 "fingerprint": settings.fingerprint()})
@@ -107,7 +107,8 @@ def assemble_dataset(settings: DatasetSettings, shard_paths: Sequence[str | Path
         if i != settings.frames:
             raise ValidationError(f"{frames_output}: shards hold {i} frames, the config asks for {settings.frames}")
         for k in range(settings.n_empty):
-            out.write_frame(settings.frames + k, recorder.record(k, None, empty=True), None, None)
+            out.write_frame(settings.frames + k, recorder.record(k, None, empty=True), None, None,
+                            water_scale=recorder.thickness_factor(k, empty=True))
         out.set_metadata(settings.photon_energy_ev, settings.clen_m, geometry.to_geom_text(), background,
                          attrs={"dataset": settings.name, "flux": settings.flux, "n_empty": settings.n_empty,
                                 "fingerprint": settings.fingerprint()})
@@ -208,3 +209,14 @@ def write_split(manifest_paths: dict[str, str | Path], output: str | Path, seed:
     table = stratified_split(chosen, seed, test_fraction, name=name)
     with atomic_path(output) as tmp:
         table.to_csv(tmp, index=False)
+
+
+def read_split(path: str | Path) -> pd.DataFrame:
+    """A split file (dataset, frame, subset) with dataset names kept as text."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: split file not found")
+    table = pd.read_csv(path, dtype={"dataset": str, "frame": int, "subset": str})
+    if list(table.columns[:3]) != ["dataset", "frame", "subset"]:
+        raise DataFileError(f"{path}: expected columns dataset, frame, subset")
+    return table

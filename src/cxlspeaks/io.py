@@ -96,6 +96,7 @@ SIGNAL = "/entry/data/signal"
 LABEL = "/entry/data/label"
 BACKGROUND = "/entry/data/background"
 HAS_PEAKS = "/entry/data/has_peaks"
+WATER_SCALE = "/entry/data/water_scale"
 RESULT = "/entry_1/result_1"
 PEAK_FIELDS = {"peakXPosRaw": np.float32, "peakYPosRaw": np.float32, "peakTotalIntensity": np.float32,
                "peakH": np.int32, "peakK": np.int32, "peakL": np.int32}
@@ -109,9 +110,9 @@ class FrameStackWriter:
     """Writes an (N, ss, fs) frame stack in the cxlspeaks layout, atomically (renamed into place on close).
 
     Layout: /entry/data/{data uint32, signal float32, label uint8} (N, ss, fs) one chunk per frame, bitshuffle-LZ4;
-    /entry/data/has_peaks bool (N,); /entry_1/result_1/nPeaks (N,) and peakXPosRaw, peakYPosRaw,
-    peakTotalIntensity, peakH, peakK, peakL (N, max_peaks) in the raw CXI convention; /entry/crystal/astar,
-    bstar, cstar (N, 3) float64 1/m and quaternion (N, 4).
+    /entry/data/has_peaks bool (N,); /entry/data/water_scale float32 (N,); /entry_1/result_1/nPeaks (N,) and
+    peakXPosRaw, peakYPosRaw, peakTotalIntensity, peakH, peakK, peakL (N, max_peaks) in the raw CXI convention;
+    /entry/crystal/astar, bstar, cstar (N, 3) float64 1/m and quaternion (N, 4).
     """
 
     def __init__(self, path: str | Path, n_frames: int, frame_shape: tuple[int, int], max_peaks: int):
@@ -125,6 +126,7 @@ class FrameStackWriter:
         self.signal = create_frame_stack(entry, "signal", n_frames, frame_shape, np.float32)
         self.label = create_frame_stack(entry, "label", n_frames, frame_shape, np.uint8)
         self.has_peaks = entry.create_dataset("has_peaks", shape=(n_frames,), dtype=bool)
+        self.water_scale = entry.create_dataset("water_scale", shape=(n_frames,), dtype=np.float32)
         result = self.h5.require_group(RESULT)
         self.n_peaks = result.create_dataset("nPeaks", shape=(n_frames,), dtype=np.int32)
         self.peaks = {name: result.create_dataset(name, shape=(n_frames, max_peaks), dtype=dtype,
@@ -137,12 +139,14 @@ class FrameStackWriter:
 
     def write_frame(self, i: int, counts: np.ndarray, signal: np.ndarray | None, label: np.ndarray | None,
                     peaks: dict[str, np.ndarray] | None = None, astar_bstar_cstar: np.ndarray | None = None,
-                    quaternion: np.ndarray | None = None) -> None:
-        """Frame ``i``: counts, expected signal, label, peak arrays (keys of PEAK_FIELDS) and orientation.
+                    quaternion: np.ndarray | None = None, water_scale: float = 1.0) -> None:
+        """Frame ``i``: counts, expected signal, label, peak arrays (keys of PEAK_FIELDS), orientation and the
+        frame's water thickness factor (its expected water is water_scale x /entry/data/background).
 
         ``signal``/``label`` None write zeros (an empty frame); peak lists longer than max_peaks are an error.
         """
         self.data[i] = counts
+        self.water_scale[i] = water_scale
         if signal is not None:
             self.signal[i] = signal
         if label is not None:
@@ -178,6 +182,7 @@ class FrameStackWriter:
             raise ValueError(f"{self.path}: frame {i} has {n} peaks, more than max_peaks = {self.max_peaks}")
         self.n_peaks[i] = n
         self.has_peaks[i] = bool(source[HAS_PEAKS][j])
+        self.water_scale[i] = source[WATER_SCALE][j]
         for name, dset in self.peaks.items():
             row = np.zeros(self.max_peaks, dtype=dset.dtype)
             src_row = source[RESULT + "/" + name][j]

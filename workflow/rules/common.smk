@@ -95,3 +95,85 @@ def all_dataset_outputs():
         dataset=DATASETS,
         name=["frames.h5", "detector.geom", "manifest.csv"],
     )
+
+
+# ---------------------------------------------------------------------- training and evaluation
+ATTRIBUTES = list(config["training"]["attributes"])
+BINARY_TARGET = "has_peaks"
+TARGET_PREFIXES = {"photon_energy": "photon_energy_ev", "clen": "clen_m"}
+
+for attribute, entry in config["training"]["attributes"].items():
+    if entry["split"] not in SPLITS:
+        config_error(f"training.attributes.{attribute}.split: no split {entry['split']!r} in splits")
+for key in ("hit", "photon_energy", "clen"):
+    if config["training"]["pipeline"][key] not in ATTRIBUTES:
+        config_error(f"training.pipeline.{key}: no attribute {config['training']['pipeline'][key]!r} in "
+                     "training.attributes")
+if config["training"]["pipeline"]["split"] not in SPLITS:
+    config_error(f"training.pipeline.split: no split {config['training']['pipeline']['split']!r} in splits")
+
+
+wildcard_constraints:
+    attribute="|".join(re.escape(a) for a in ATTRIBUTES),
+
+
+def split_datasets(split):
+    """The datasets a named split selects (before its flux filter, which the split file applies)."""
+    return config["splits"][split]["datasets"] or DATASETS
+
+
+def attribute_settings(wildcards):
+    """An attribute's training settings; target and seed filled in from its name and the run's seed."""
+    entry = dict(config["training"]["attributes"][wildcards.attribute])
+    prefix = next((p for p in TARGET_PREFIXES if wildcards.attribute.startswith(p)), None)
+    entry.setdefault("target", TARGET_PREFIXES.get(prefix, BINARY_TARGET))
+    entry.setdefault("seed", config["seed"])
+    entry.setdefault("loss", "bce" if entry["target"] == BINARY_TARGET else "ce")
+    return canonical({"attribute": wildcards.attribute, **entry})
+
+
+def training_inputs(wildcards):
+    split = config["training"]["attributes"][wildcards.attribute]["split"]
+    return {
+        "split": f"results/splits/{split}.csv",
+        "features": [f"results/features/{d}.h5" for d in split_datasets(split)],
+    }
+
+
+def split_frames_inputs(wildcards):
+    datasets = split_datasets(wildcards.split)
+    return {
+        "split": f"results/splits/{wildcards.split}.csv",
+        "frames": [f"results/datasets/{d}/frames.h5" for d in datasets],
+        "manifests": [f"results/datasets/{d}/manifest.csv" for d in datasets],
+    }
+
+
+def evaluation_inputs(wildcards):
+    split = config["training"]["attributes"][wildcards.attribute]["split"]
+    datasets = split_datasets(split)
+    inputs = {
+        "checkpoint": f"results/models/{wildcards.attribute}/checkpoint.pt",
+        "split": f"results/splits/{split}.csv",
+        "features": [f"results/features/{d}.h5" for d in datasets],
+        "manifests": [f"results/datasets/{d}/manifest.csv" for d in datasets],
+    }
+    if attribute_settings(wildcards)["target"] == BINARY_TARGET:
+        inputs["oracle"] = f"results/oracle/{split}.csv"
+    return inputs
+
+
+def pipeline_inputs(wildcards):
+    pipeline = config["training"]["pipeline"]
+    datasets = split_datasets(pipeline["split"])
+    return {
+        "checkpoints": [f"results/models/{pipeline[a]}/checkpoint.pt" for a in ("hit", "photon_energy", "clen")],
+        "split": f"results/splits/{pipeline['split']}.csv",
+        "frames": [f"results/datasets/{d}/frames.h5" for d in datasets],
+        "manifests": [f"results/datasets/{d}/manifest.csv" for d in datasets],
+    }
+
+
+def dataset_names_of(paths):
+    """Dataset names of results/datasets/{d}/... or results/features/{d}.h5 paths, in order."""
+    return [Path(p).stem if Path(p).parent.name == "features" else Path(p).parent.name for p in paths]

@@ -1,0 +1,141 @@
+"""Figures and the HTML index of results/reports/: confusion matrices, curves, ROC with the oracle, tables."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .evaluate import FLUX_LEVELS, roc_curve  # noqa: E402
+from .io import atomic_path  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, counts: np.ndarray, class_names: Sequence[str], title: str,
+                          path: str | Path) -> None:
+    """Row-normalised confusion matrix (rows = truth) with the fraction and the frame count in each cell."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(class_names), 1.2 + 1.2 * len(class_names)))
+    ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:.3f}\n({counts[i, j]})", ha="center", va="center",
+                color="white" if value > 0.5 else "black", fontsize=9)
+    ax.set_xticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_curves(history: pd.DataFrame, title: str, loss_path: str | Path, accuracy_path: str | Path) -> None:
+    """Loss and accuracy per epoch, train and test subsets."""
+    for column, path in (("loss", loss_path), ("accuracy", accuracy_path)):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for subset in ("train", "test"):
+            ax.plot(history["epoch"], history[f"{subset}_{column}"], marker="o", label=subset)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(column)
+        ax.set_title(f"{title}: {column}", fontsize=10)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        _save(fig, path)
+
+
+def _save_roc(fig, ax, title: str, path: str | Path) -> None:
+    """Chance diagonal, axis labels, title and legend of a ROC plot; then save it."""
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_roc(predictions: pd.DataFrame, oracle: pd.DataFrame | None, title: str, path: str | Path) -> None:
+    """ROC per flux level of the model (solid) and of the oracle likelihood ratio (dashed)."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    groups = [("all", predictions)] + [(f, predictions[predictions["flux"] == f]) for f in FLUX_LEVELS
+                                       if "flux" in predictions and (predictions["flux"] == f).any()]
+    for (label, table), colour in zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        truth = table["truth"].to_numpy().astype(bool)
+        if truth.all() or not truth.any():
+            continue
+        fpr, tpr, _ = roc_curve(truth, table["p_1"].to_numpy())
+        ax.plot(fpr, tpr, color=colour, label=f"model, {label}")
+        if oracle is not None:
+            merged = table.merge(oracle[["dataset", "frame", "llr"]], on=["dataset", "frame"])
+            fpr, tpr, _ = roc_curve(merged["truth"].to_numpy().astype(bool), merged["llr"].to_numpy())
+            ax.plot(fpr, tpr, color=colour, linestyle="--", label=f"oracle, {label}")
+    _save_roc(fig, ax, title, path)
+
+
+def plot_roc_one_vs_rest(predictions: pd.DataFrame, class_names: Sequence[str], title: str,
+                         path: str | Path) -> None:
+    """ROC of each class against the rest (multi-class attributes), from the predicted class probabilities."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    for k, name in enumerate(class_names):
+        truth = predictions["truth"].to_numpy() == k
+        if truth.all() or not truth.any():
+            continue
+        fpr, tpr, _ = roc_curve(truth, predictions[f"p_{k}"].to_numpy())
+        ax.plot(fpr, tpr, label=f"{name} vs rest")
+    _save_roc(fig, ax, title, path)
+
+
+def write_index(reports_dir: str | Path, attributes: Sequence[str], pipeline_csv: str | Path | None,
+                config: dict, output: str | Path) -> None:
+    """results/reports/index.html: every attribute's matrix, curves and metrics, the pipeline table, the config."""
+    reports_dir = Path(reports_dir)
+    output = Path(output)
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>cxlspeaks report</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}img{max-width:380px;margin:4px}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+             "pre{background:#f6f6f6;padding:1em;font-size:12px}</style></head><body>",
+             "<h1>cxlspeaks report</h1>",
+             "<p>Confusion matrices are normalised by row (rows = truth) on the held-out test frames. The oracle is "
+             "the Poisson likelihood-ratio test that knows each frame's expected signal: no hit finder can beat it on "
+             "the same frames.</p>"]
+    for attribute in attributes:
+        directory = reports_dir / attribute
+        metrics = json.loads((directory / "metrics.json").read_text())
+        parts.append(f"<h2>{html.escape(attribute)}</h2>")
+        parts.append(f"<p>model <code>{html.escape(metrics.get('model', ''))}</code>, "
+                     f"split <code>{html.escape(metrics.get('split', ''))}</code>, "
+                     f"{metrics.get('frames', 0)} test frames, accuracy {metrics.get('accuracy', float('nan')):.4f}"
+                     + (f", ROC AUC {metrics['roc_auc']:.4f}" if "roc_auc" in metrics else "")
+                     + (f", oracle AUC {metrics['oracle_auc']:.4f}" if "oracle_auc" in metrics else "") + "</p>")
+        for name in ("confusion_matrix.png", "roc.png", "loss.png", "accuracy.png"):
+            if (directory / name).exists():
+                parts.append(f"<img src='{attribute}/{name}' alt='{attribute} {name}'>")
+        if "per_flux" in metrics:
+            rows = "".join(f"<tr><td>{f}</td><td>{m['frames']}</td><td>{m['accuracy']:.4f}</td><td>{m['tpr']:.4f}"
+                           f"</td><td>{m['fpr']:.4f}</td><td>{m.get('roc_auc', float('nan')):.4f}</td>"
+                           f"<td>{m.get('oracle_auc', float('nan')):.4f}</td></tr>"
+                           for f, m in metrics["per_flux"].items())
+            parts.append("<table><tr><th>flux</th><th>frames</th><th>accuracy</th><th>TPR</th><th>FPR</th>"
+                         f"<th>ROC AUC</th><th>oracle AUC</th></tr>{rows}</table>")
+    if pipeline_csv is not None and Path(pipeline_csv).exists():
+        table = pd.read_csv(pipeline_csv, dtype={"dataset": str})
+        parts.append("<h2>Pipeline on the test frames</h2>")
+        summary_path = Path(pipeline_csv).with_name("summary.csv")
+        if summary_path.exists():
+            parts.append(pd.read_csv(summary_path).to_html(index=False, float_format="%.4f"))
+        parts.append(f"<p>{len(table)} frames; first rows of <code>{html.escape(Path(pipeline_csv).name)}</code>:</p>")
+        parts.append(table.head(40).to_html(index=False, float_format="%.4f"))
+    parts.append("<h2>Configuration of this run</h2><pre>" + html.escape(json.dumps(config, indent=2)) + "</pre>")
+    parts.append("</body></html>")
+    with atomic_path(output) as tmp:
+        tmp.write_text("\n".join(parts))
