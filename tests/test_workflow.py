@@ -207,6 +207,8 @@ def test_a_killed_simulation_job_leaves_no_trusted_file(tmp_path):
     config["defaults"].update(frames=400, frames_per_shard=400, detector="source_single_panel")
     config["datasets"] = {"01": config["datasets"]["01"]}
     config["splits"] = {"all": {}}
+    config["training"]["attributes"] = {a: dict(config["training"]["attributes"][a], split="all")
+                                        for a in ("hit", "photon_energy", "clen")}
     config["structure"]["d_min_A"] = 2.8
     path = tmp_path / "big.yaml"
     path.write_text(yaml.safe_dump(config))

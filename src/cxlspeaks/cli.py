@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = run_pipeline(args.frames, checkpoints, args.output, args.geometry, threshold=args.threshold)
     except (DataFileError, CheckpointError, GeometryError, StructureError, ValueError, KeyError) as exc:
-        message = str(exc).strip("'\"").splitlines()[0] if str(exc) else type(exc).__name__
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        message = text.splitlines()[0] if text else type(exc).__name__
         print(f"cxlspeaks: error: {message}", file=sys.stderr)
         return 2
     if args.output is None:

@@ -41,7 +41,7 @@ try:
                 f"({needed:.3f} A reaches its detector corner)"
             )
 except (KeyError, ValueError) as exc:
-    config_error(str(exc).strip("'\""))
+    config_error(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
 
 for split_name, split in config["splits"].items():
     for dataset in split["datasets"]:

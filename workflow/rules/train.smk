@@ -43,7 +43,7 @@ rule train:
     threads: config["training"]["threads"]
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=config["training"]["mem_mb"],
         runtime=240,
     conda:
         "../../envs/training.yaml"
