@@ -32,16 +32,17 @@ class DatasetSettings:
     frames: int = 100
     empty_percent: float = 30.0
     frames_per_shard: int = 50
-    bandwidth: float = 0.01
-    spectrum: str = "tophat"
-    n_photons: float = 3e8
-    beam_radius_m: float = 5e-6
-    divergence_rad: float = 1e-3
-    polarisation_fraction: float = 1.0
-    crystal_size_m: float = 10e-6
-    mosaicity_rad: float = 0.0
-    water_thickness_m: float = 10e-6
-    water_temperature_k: float = 298.15
+    # the physics defaults are those of the simulator's own parameter classes
+    bandwidth: float = Beam.bandwidth
+    spectrum: str = Beam.spectrum
+    n_photons: float = Beam.n_photons
+    beam_radius_m: float = Beam.beam_radius_m
+    divergence_rad: float = Beam.divergence_rad
+    polarisation_fraction: float = Beam.polarisation_fraction
+    crystal_size_m: float = CrystalSample.size_m
+    mosaicity_rad: float = CrystalSample.mosaicity_rad
+    water_thickness_m: float = WaterSheet.thickness_m
+    water_temperature_k: float = WaterSheet.temperature_k
     water_thickness_jitter: float = 0.05
     spot_sigma_px: float = 0.5
     label_threshold_photons: float = 0.5
