@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
