@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .crystal import Crystal
-from .io import (CLEN, HAS_PEAKS, PHOTON_ENERGY, RESULT, DataFileError, FrameStackWriter, atomic_path,
+from .io import (BACKGROUND, CLEN, HAS_PEAKS, PHOTON_ENERGY, RESULT, DataFileError, FrameStackWriter, atomic_path,
                  bitshuffle_lz4, open_h5, read_dataset)
 from .seeding import frame_rng
 from .settings import DatasetSettings
@@ -43,13 +43,13 @@ def water_image(settings: DatasetSettings, output: str | Path) -> None:
     """Write the dataset's expected water image (photons per pixel, float32) to HDF5."""
     image = expected_water(settings.geometry(), settings.beam, settings.water, settings.water_backend)
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("/entry/data/background", data=image, **bitshuffle_lz4())
-        h5["/entry/data/background"].attrs["units"] = "expected photons per pixel"
+        h5.create_dataset(BACKGROUND, data=image, **bitshuffle_lz4())
+        h5[BACKGROUND].attrs["units"] = "expected photons per pixel"
         h5.attrs["fingerprint"] = settings.fingerprint()
 
 
 def _frame_simulator(settings: DatasetSettings, crystal: Crystal, seed: int, water_path: str | Path) -> FrameSimulator:
-    background = read_dataset(water_path, "/entry/data/background", ndim=2)
+    background = read_dataset(water_path, BACKGROUND, ndim=2)
     return FrameSimulator(settings.geometry(), crystal, settings.beam, settings.sample, settings.water, seed=seed,
                           dataset=settings.name, spot_sigma_px=settings.spot_sigma_px,
                           bragg_backend=settings.bragg_backend, background=background)
@@ -94,7 +94,7 @@ def assemble_dataset(settings: DatasetSettings, shard_paths: Sequence[str | Path
     """Join the shards, add the empty frames, validate, and write frames.h5 and manifest.csv."""
     geometry = detector_geometry(settings)
     n_total = settings.frames + settings.n_empty
-    background = read_dataset(water_path, "/entry/data/background", ndim=2)
+    background = read_dataset(water_path, BACKGROUND, ndim=2)
     recorder = PhotonRecorder(background, settings.water, seed, settings.name)
     with FrameStackWriter(frames_output, n_total, geometry.shape, settings.max_peaks) as out:
         i = 0

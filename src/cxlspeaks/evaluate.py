@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import DATA, HAS_PEAKS, SIGNAL, WATER_SCALE, open_h5
+from .dataset import read_manifest
+from .io import BACKGROUND, DATA, HAS_PEAKS, SIGNAL, WATER_SCALE, open_h5
 
 FLUX_LEVELS = ("normal", "low", "extreme")
 
@@ -98,7 +99,7 @@ def oracle_scores(frames_path: str | Path, frames: np.ndarray) -> np.ndarray:
     with open_h5(frames_path) as h5:
         n_frames = h5[HAS_PEAKS].shape[0]
         n_crystal = n_frames - int(h5["/entry"].attrs.get("n_empty", 0))
-        background = h5["/entry/data/background"][()]
+        background = h5[BACKGROUND][()]
         scale = h5[WATER_SCALE][()]
         scores = []
         for frame in np.asarray(frames, dtype=int):
@@ -117,7 +118,7 @@ def oracle_table(frames_paths: dict[str, str | Path], split: pd.DataFrame, manif
     rows = []
     chosen = split[split["subset"] == subset]
     for dataset, group in chosen.groupby("dataset", sort=True):
-        manifest = pd.read_csv(manifests[dataset], dtype={"frame": int}).set_index("frame")
+        manifest = read_manifest(manifests[dataset], dataset).set_index("frame")
         frames = group["frame"].to_numpy()
         llr = oracle_scores(frames_paths[dataset], frames)
         rows.append(pd.DataFrame({"dataset": dataset, "frame": frames,
@@ -155,7 +156,7 @@ def evaluate_attribute(checkpoint_path: str | Path, attribute: str, features: di
     checkpoint = load_checkpoint(checkpoint_path, attribute)
     config = checkpoint["config"]
     names = checkpoint["class_names"]
-    predictions = predict_split(checkpoint_path, attribute, features, split_path, manifests)
+    predictions = predict_split(checkpoint, features, split_path, manifests)
     oracle = pd.read_csv(oracle_csv, dtype={"dataset": str}) if oracle_csv else None
     counts = confusion_matrix(predictions["truth"], predictions["predicted"], len(names))
     matrix = normalise_rows(counts)

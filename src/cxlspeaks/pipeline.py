@@ -116,14 +116,14 @@ def run_pipeline_on_split(frames: dict[str, str | Path], manifests: dict[str, st
                           checkpoints: dict[str, str | Path], split_path: str | Path, output: str | Path,
                           summary_output: str | Path, subset: str = "test", threshold: float = 0.5) -> None:
     """The pipeline on every frame of a split subset, next to the truth; plus a one-row summary of the chain."""
-    from .dataset import read_split
+    from .dataset import read_manifest, read_split
 
     split = read_split(split_path)
     chosen = split[split["subset"] == subset]
     tables = []
     for dataset, group in chosen.groupby("dataset", sort=True):
         scored = run_pipeline(frames[dataset], checkpoints, frames=group["frame"].to_numpy(), threshold=threshold)
-        truth = pd.read_csv(manifests[dataset], dtype={"frame": int})[
+        truth = read_manifest(manifests[dataset], dataset)[
             ["frame", "has_peaks", "photon_energy_ev", "clen_m", "flux"]].rename(
             columns={"has_peaks": "true_has_peaks", "photon_energy_ev": "true_photon_energy_ev",
                      "clen_m": "true_clen_m"})

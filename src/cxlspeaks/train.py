@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .dataset import read_split
+from .dataset import read_manifest, read_split
 from .features import FEATURES
 from .io import DataFileError, atomic_path, open_h5
 from .models import build_model, model_class
@@ -123,7 +123,7 @@ def load_inputs(features: dict[str, str | Path], split: pd.DataFrame, with_signa
                             f"bin factors {sorted(factors)}")
     table = pd.concat(rows, ignore_index=True)
     if manifests:
-        flux = pd.concat([pd.read_csv(p, dtype={"frame": int}).assign(dataset=k)[["dataset", "frame", "flux"]]
+        flux = pd.concat([read_manifest(p, k)[["dataset", "frame", "flux"]]
                           for k, p in manifests.items()])
         table = table.merge(flux, on=["dataset", "frame"], how="left")
     return FrameInputs(bin_factor=factors.pop(), counts=torch.from_numpy(np.concatenate(counts)),
@@ -349,11 +349,10 @@ def _evaluate(model, data, index, targets, criterion, config, device) -> tuple[f
     return total / len(index), correct / len(index)
 
 
-def predict_split(checkpoint_path: str | Path, attribute: str, features: dict[str, str | Path],
-                  split_path: str | Path, manifests: dict[str, str | Path] | None = None,
-                  subset: str = "test") -> pd.DataFrame:
-    """Predictions of a trained attribute on one subset of its split: truth, prediction, class probabilities."""
-    checkpoint = load_checkpoint(checkpoint_path, attribute)
+def predict_split(checkpoint: dict, features: dict[str, str | Path], split_path: str | Path,
+                  manifests: dict[str, str | Path] | None = None, subset: str = "test") -> pd.DataFrame:
+    """Predictions of a loaded checkpoint (:func:`load_checkpoint`) on one subset of its split: truth, prediction,
+    class probabilities."""
     model = model_from_checkpoint(checkpoint)
     config = checkpoint["config"]
     split = read_split(split_path)
