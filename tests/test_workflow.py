@@ -66,6 +66,8 @@ def test_dry_run_of_the_default_config_lists_every_stage_for_every_dataset(tmp_p
     assert counts["simulate_shard"] == n * shards
     assert counts["reflections"] == 1 and counts["download_structure"] == 1
     assert counts["split"] == len(config["splits"])
+    assert counts["train_peaks"] == counts["train_paper_heatmap"] == counts["peak_report"] == 1
+    assert counts["find_peaks"] == 4  # network, peakfinder8 (two settings), the paper's heatmap model
 
 
 def test_lint_finds_nothing_to_fix():
@@ -187,6 +189,10 @@ def test_changing_one_dataset_reruns_only_its_jobs(test_run, tmp_path):
     (lambda c: c["structure"].update(synthetic=False, file="/nonexistent/1ic6.pdb"), "structure.file"),
     (lambda c: c["datasets"]["01"].pop("clen_m"), "clen_m"),
     (lambda c: c["splits"].update(bad={"datasets": ["nope"]}), "splits.bad.datasets"),
+    (lambda c: c["peaks"].update(split="nope"), "peaks.split"),
+    (lambda c: c["peaks"]["network"].update(crop_px=0), "peaks.network.crop_px"),
+    (lambda c: c["peaks"]["network"].update(crop_px=30), "peaks.network.crop_px"),
+    (lambda c: c["peaks"].update(finders=["peakfinder9"]), "peaks.finders"),
 ])
 def test_malformed_configs_stop_before_any_job_with_one_line(tmp_path, edit, key):
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
@@ -280,6 +286,65 @@ def test_pipeline_command_scores_a_frames_file(test_run, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(again), table)
     summary = pd.read_csv(workdir / "results" / "pipeline" / "summary.csv")
     assert summary.loc[0, "frames"] == len(pd.read_csv(workdir / "results" / "pipeline" / "test_predictions.csv"))
+
+
+def test_pipeline_command_writes_crystfel_peak_files_for_the_hits(test_run, tmp_path):
+    from cxlspeaks.frames import FramesFile
+    from cxlspeaks.io import read_cxi_peak_frames, read_cxi_peaks
+    from cxlspeaks.peaknet import NetworkPeakFinder
+
+    workdir, _ = test_run
+    models = workdir / "results" / "models"
+    frames = workdir / "results" / "datasets" / "01" / "frames.h5"
+    out, cxi = tmp_path / "scored.csv", tmp_path / "out" / "peaks.cxi"
+    result = cxlspeaks_cli("run", str(frames), "--models", str(models), "-o", str(out), "--cxi", str(cxi))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out)
+    hits = table.loc[table["is_hit"], "frame"].tolist()
+    assert table.loc[~table["is_hit"], "n_peaks"].isna().all()
+    # the .lst names exactly the hits, as CrystFEL events of the CXI file
+    lines = cxi.with_suffix(".lst").read_text().splitlines()
+    assert lines == [f"{cxi.resolve()} //{i}" for i in hits]
+    geom = cxi.with_suffix(".geom").read_text()
+    assert "peak_list = /entry_1/result_1" in geom and "peak_list_type = cxi" in geom
+    assert "/data = /entry/data/data" in geom
+    # the peaks read back are the network's peaks of each hit, and the frames are reachable through the file
+    assert list(read_cxi_peak_frames(cxi)) == hits
+    finder = NetworkPeakFinder(models / "peaks" / "checkpoint.pt")
+    with h5py.File(cxi) as h5, h5py.File(frames) as src:
+        np.testing.assert_array_equal(h5["/entry/data/data"][hits[0]], src["/entry/data/data"][hits[0]])
+    with FramesFile(frames) as source:
+        for i, peaks in zip(hits, read_cxi_peaks(cxi)):
+            expected = finder.find(source.read(i), source.mask)
+            assert len(peaks) == len(expected) == table.loc[table["frame"] == i, "n_peaks"].item()
+            np.testing.assert_allclose(peaks[["fs", "ss"]].to_numpy(), expected[["fs", "ss"]].to_numpy(),
+                                       rtol=0, atol=1e-4)  # float32 in the file
+
+
+def test_peak_report_compares_every_finder_per_flux_level(test_run):
+    workdir, config = test_run
+    reports = workdir / "results" / "reports"
+    table = pd.read_csv(reports / "peaks" / "metrics.csv")
+    finders = {"network", "peakfinder8", "peakfinder8_crystfel", "paper_heatmap"}
+    assert set(table["finder"]) == finders
+    assert set(table["flux"]) == {"normal", "low", "extreme"}
+    assert set(table["min_photons"]) == {0.0, 3.0, 10.0}
+    assert len(table) == len(finders) * 3 * 3
+    # counts are consistent: recall and precision follow from tp, fp, fn; fewer reflections above more photons
+    ok = table["tp"] + table["fn"] > 0
+    np.testing.assert_allclose(table.loc[ok, "recall"], table.loc[ok, "tp"] / (table.loc[ok, "tp"]
+                                                                             + table.loc[ok, "fn"]))
+    for _, group in table.groupby(["finder", "flux"]):
+        assert group.sort_values("min_photons")["n_true"].is_monotonic_decreasing
+    assert (table["frames_per_s"] > 0).all()
+    for name in ("metrics.json", "recall_by_photons.csv", "recall_vs_photons.png", "examples.png"):
+        assert (reports / "peaks" / name).stat().st_size > 0
+    assert json.loads((reports / "peaks" / "metrics.json").read_text())[0]["finder"] in finders
+    # every finder ran on the same test frames of the split
+    split = pd.read_csv(workdir / "results" / "splits" / f"{config['peaks']['split']}.csv", dtype={"dataset": str})
+    n_test = int((split["subset"] == "test").sum())
+    assert table.groupby("finder")["n_frames"].sum().eq(n_test * 3).all()
+    assert "Peak finding" in (reports / "index.html").read_text()
 
 
 def test_pipeline_command_rejects_bad_input_with_exit_code_2(test_run, tmp_path):

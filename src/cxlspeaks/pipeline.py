@@ -1,10 +1,14 @@
-"""Apply trained models to new frames: hit probability, then, for hits, photon energy and camera length.
+"""Apply trained models to new frames: hit probability, then, for hits, photon energy, camera length and peaks.
 
 Input: any HDF5 file with an (N, ss, fs) stack at /entry/data/data, its detector described by the CrystFEL
 geometry stored in the file (/entry/instrument/detector/geometry, as cxlspeaks writes it) or given separately.
 Frames are masked and binned exactly as for training (the bin factor is read from the hit checkpoint). Output: one
 CSV row per frame: frame, hit_probability, is_hit, and for hits photon_energy_ev, photon_energy_probability,
-clen_m, clen_probability (empty for non-hits).
+clen_m, clen_probability and, with a peak network, n_peaks (empty for non-hits). With ``cxi_output`` the hits'
+peaks also go to a CXI file that CrystFEL reads (/entry_1/result_1, raw convention, /entry/data/data an external
+link to the frames), beside it the CrystFEL event list of the hits (``.lst``: ``peaks.cxi //N``) and a geometry
+with ``peak_list = /entry_1/result_1`` and ``peak_list_type = cxi`` (``.geom``), so that
+``indexamajig -i peaks.lst -g peaks.geom --peaks=cxi`` indexes the hits from cxlspeaks' peaks.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import pandas as pd
 import torch
 
 from .features import binned_frames, mask_fraction
-from .geometry import Geometry, parse_geometry, read_geometry
-from .io import DATA, GEOMETRY_TEXT, DataFileError, atomic_path, open_h5
+from .frames import frames_geometry
+from .io import (DATA, DataFileError, atomic_path, atomic_write_text, geometry_with_peak_list, open_h5,
+                 write_cxi_peaks, write_event_list)
 from .train import load_checkpoint, model_from_checkpoint
 
 PIPELINE_ATTRIBUTES = ("hit", "photon_energy", "clen")
@@ -64,24 +69,25 @@ class FramePredictor:
         return out
 
 
-def frames_geometry(frames_path: str | Path, geometry_path: str | Path | None) -> Geometry:
-    """The detector of a frames file: an explicit geometry file, else the geometry text stored in the file."""
-    if geometry_path is not None:
-        return read_geometry(geometry_path)
-    with open_h5(frames_path) as h5:
-        if GEOMETRY_TEXT not in h5:
-            raise DataFileError(f"{frames_path}: has no {GEOMETRY_TEXT}; give the detector with --geometry")
-        return parse_geometry(h5[GEOMETRY_TEXT][()].decode())
-
-
 def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], output: str | Path | None = None,
                  geometry_path: str | Path | None = None, frames: Sequence[int] | None = None,
-                 threshold: float = 0.5, batch_size: int = 8) -> pd.DataFrame:
-    """Score the frames of one file (all, or the given indices); write the CSV when ``output`` is given."""
+                 threshold: float = 0.5, batch_size: int = 8, cxi_output: str | Path | None = None) -> pd.DataFrame:
+    """Score the frames of one file (all, or the given indices); write the CSV when ``output`` is given.
+
+    ``checkpoints`` holds hit, photon_energy and clen, and optionally ``peaks`` (the peak network), which finds the
+    peaks of every hit; ``cxi_output`` (needs ``peaks``) writes them with the .lst and .geom beside it.
+    """
     predictor = FramePredictor(checkpoints, threshold)
+    peak_finder = None
+    if checkpoints.get("peaks") is not None:
+        from .peaknet import NetworkPeakFinder
+
+        peak_finder = NetworkPeakFinder(checkpoints["peaks"])
+    elif cxi_output is not None:
+        raise ValueError("a CXI peak list needs the peak network's checkpoint")
     geometry = frames_geometry(frames_path, geometry_path)
     mask = geometry.mask
-    rows = []
+    rows, peak_tables = [], []
     with open_h5(frames_path) as h5:
         if DATA not in h5:
             raise DataFileError(f"{frames_path}: has no dataset {DATA}")
@@ -103,13 +109,30 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
             if not np.isfinite(block).all():
                 raise DataFileError(f"{frames_path}: frames {chunk[0]}-{chunk[-1]} hold NaN or infinite values")
             scored = predictor.predict(binned_frames(block, mask, predictor.bin_factor), binned_mask)
+            if peak_finder is not None:
+                found = [peak_finder.find(frame, mask) if hit else None for frame, hit in zip(block, scored["is_hit"])]
+                scored["n_peaks"] = [len(t) if t is not None else np.nan for t in found]
+                peak_tables += [(i, t) for i, t in zip(chunk, found) if t is not None]
             rows.append(scored.assign(frame=chunk))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["frame"])
     table = table[["frame"] + [c for c in table.columns if c != "frame"]]
+    if cxi_output is not None:
+        write_peak_files(cxi_output, frames_path, geometry, peak_tables)
     if output is not None:
         with atomic_path(output) as tmp:
             table.to_csv(tmp, index=False)
     return table
+
+
+def write_peak_files(cxi_output: str | Path, frames_path: str | Path, geometry,
+                     peak_tables: Sequence[tuple[int, pd.DataFrame]]) -> None:
+    """The hits' peaks as CXI (linked to the frames), their CrystFEL event list and a geometry that reads both."""
+    cxi_output = Path(cxi_output)
+    hits = [int(i) for i, _ in peak_tables]
+    write_cxi_peaks(cxi_output, [t for _, t in peak_tables], data_file=frames_path, frames=hits)
+    write_event_list(cxi_output.with_suffix(".lst"), cxi_output.resolve(), hits)
+    detector = geometry.replace_panels(data=DATA, dims=("%", "ss", "fs"))
+    atomic_write_text(cxi_output.with_suffix(".geom"), geometry_with_peak_list(detector.to_geom_text()))
 
 
 def run_pipeline_on_split(frames: dict[str, str | Path], manifests: dict[str, str | Path],

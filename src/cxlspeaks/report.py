@@ -95,8 +95,67 @@ def plot_roc_one_vs_rest(predictions: pd.DataFrame, class_names: Sequence[str], 
     _save_roc(fig, ax, title, path)
 
 
+FINDER_STYLE = {"network": ("tab:red", "+"), "peakfinder8": ("tab:blue", "x"),
+                "peakfinder8_crystfel": ("tab:cyan", "1"), "paper_heatmap": ("tab:green", "^")}
+
+
+def plot_recall_vs_photons(recall: pd.DataFrame, path: str | Path) -> None:
+    """Recall of every finder against the true reflection's expected photons, one panel per flux level."""
+    fluxes = [f for f in FLUX_LEVELS if f in set(recall["flux"])]
+    fig, axes = plt.subplots(1, max(len(fluxes), 1), figsize=(4.2 * max(len(fluxes), 1), 3.4), squeeze=False)
+    for ax, flux in zip(axes[0], fluxes):
+        for finder, group in recall[recall["flux"] == flux].groupby("finder", sort=True):
+            color, marker = FINDER_STYLE.get(finder, ("black", "o"))
+            ax.plot(group["bin"], group["recall"], marker=marker, color=color, label=finder)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("expected photons of the reflection")
+        ax.set_ylabel("recall")
+        ax.set_title(f"{flux} flux", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_peak_examples(frames_table: pd.DataFrame, frames: dict, predictions: dict, path: str | Path,
+                       half_px: int = 120) -> None:
+    """Test frames (log counts) around their brightest true reflection, true reflections circled (white: >= 3
+    expected photons, grey: fewer) and every finder's peaks marked."""
+    from .frames import FramesFile
+    from .peaks import read_true_peaks
+
+    n = max(len(frames_table), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.8), squeeze=False)
+    for k, row in enumerate(frames_table.itertuples()):
+        ax = axes[0][k]
+        with FramesFile(frames[row.dataset]) as source:
+            image = source.read(row.frame)
+        truth = read_true_peaks(frames[row.dataset], [row.frame])[0]
+        centre = truth.sort_values("photons").iloc[len(truth) // 2] if len(truth) else None
+        c_ss = int(centre["ss"]) if centre is not None else image.shape[0] // 2
+        c_fs = int(centre["fs"]) if centre is not None else image.shape[1] // 2
+        ss0 = min(max(c_ss - half_px, 0), max(image.shape[0] - 2 * half_px, 0))
+        fs0 = min(max(c_fs - half_px, 0), max(image.shape[1] - 2 * half_px, 0))
+        crop = image[ss0:ss0 + 2 * half_px, fs0:fs0 + 2 * half_px]
+        ax.imshow(np.log1p(crop), cmap="magma", origin="upper",
+                  extent=(fs0 - 0.5, fs0 + crop.shape[1] - 0.5, ss0 + crop.shape[0] - 0.5, ss0 - 0.5))
+        bright = truth["photons"] >= 3
+        for subset, color in ((truth[bright], "white"), (truth[~bright], "grey")):
+            ax.scatter(subset["fs"], subset["ss"], s=120, facecolors="none", edgecolors=color, linewidths=0.8)
+        for finder, tables in predictions.items():
+            table = tables[k]
+            color, marker = FINDER_STYLE.get(finder, ("black", "o"))
+            ax.scatter(table["fs"], table["ss"], s=40, marker=marker, color=color, linewidths=1.0, label=finder)
+        ax.set_xlim(fs0 - 0.5, fs0 + crop.shape[1] - 0.5)
+        ax.set_ylim(ss0 + crop.shape[0] - 0.5, ss0 - 0.5)
+        ax.set_title(f"dataset {row.dataset} frame {row.frame} ({row.flux} flux)", fontsize=9)
+        ax.set_xlabel("fs (px)")
+        ax.set_ylabel("ss (px)")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    _save(fig, path)
+
+
 def write_index(reports_dir: str | Path, attributes: Sequence[str], pipeline_csv: str | Path | None,
-                config: dict, output: str | Path) -> None:
+                config: dict, output: str | Path, peaks_dir: str | Path | None = None) -> None:
     """results/reports/index.html: every attribute's matrix, curves and metrics, the pipeline table, the config."""
     reports_dir = Path(reports_dir)
     output = Path(output)
@@ -127,6 +186,19 @@ def write_index(reports_dir: str | Path, attributes: Sequence[str], pipeline_csv
                            for f, m in metrics["per_flux"].items())
             parts.append("<table><tr><th>flux</th><th>frames</th><th>accuracy</th><th>TPR</th><th>FPR</th>"
                          f"<th>ROC AUC</th><th>oracle AUC</th></tr>{rows}</table>")
+    if peaks_dir is not None and (Path(peaks_dir) / "metrics.csv").exists():
+        peaks = Path(peaks_dir)
+        relative = peaks.relative_to(reports_dir) if peaks.is_relative_to(reports_dir) else peaks
+        table = pd.read_csv(peaks / "metrics.csv")
+        parts.append("<h2>Peak finding</h2><p>Found peaks matched one-to-one to true reflections within "
+                     f"{table['match_radius_px'].iloc[0]:g} px on the test frames; recall and F1 count reflections "
+                     "of at least <code>min_photons</code> expected photons (found peaks on weaker reflections are "
+                     "ignored); frames/s of the finder alone.</p>")
+        parts.append(table[["finder", "flux", "min_photons", "n_true", "precision", "recall", "f1", "rms_px",
+                            "false_per_empty_frame", "frames_per_s"]].to_html(index=False, float_format="%.3f"))
+        for name in ("recall_vs_photons.png", "examples.png"):
+            if (peaks / name).exists():
+                parts.append(f"<img src='{relative}/{name}' alt='peaks {name}' style='max-width:1100px'>")
     if pipeline_csv is not None and Path(pipeline_csv).exists():
         table = pd.read_csv(pipeline_csv, dtype={"dataset": str})
         parts.append("<h2>Pipeline on the test frames</h2>")

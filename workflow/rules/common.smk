@@ -177,3 +177,25 @@ def pipeline_inputs(wildcards):
 def dataset_names_of(paths):
     """Dataset names of results/datasets/{d}/... or results/features/{d}.h5 paths, in order."""
     return [Path(p).stem if Path(p).parent.name == "features" else Path(p).parent.name for p in paths]
+
+
+# ---------------------------------------------------------------------- peak finding
+PEAK_SPLIT = config["peaks"]["split"]
+PEAK_FINDERS = list(dict.fromkeys(config["peaks"]["finders"]))
+PEAK_CHECKPOINTS = {"network": "results/models/peaks/checkpoint.pt",
+                    "paper_heatmap": "results/models/paper_heatmap/checkpoint.pt"}
+
+if PEAK_SPLIT not in SPLITS:
+    config_error(f"peaks.split: no split {PEAK_SPLIT!r} in splits")
+for reserved in ("peaks", "paper_heatmap"):
+    if reserved in ATTRIBUTES:
+        config_error(f"training.attributes.{reserved}: the name is taken by the peak finders' models")
+if not PEAK_FINDERS:
+    config_error("peaks.finders: name at least one finder")
+network = config["peaks"]["network"]
+if network["crop_px"] % network["cell"]:
+    config_error(f"peaks.network.crop_px: {network['crop_px']} is not a multiple of cell ({network['cell']})")
+
+
+wildcard_constraints:
+    finder="|".join(re.escape(f) for f in PEAK_FINDERS),

@@ -135,6 +135,8 @@ rule report_index:
                     name=["confusion_matrix", "roc", "loss", "accuracy"]),
         pipeline="results/pipeline/test_predictions.csv",
         summary="results/pipeline/summary.csv",
+        peaks="results/reports/peaks/metrics.csv",
+        peak_pngs=["results/reports/peaks/recall_vs_photons.png", "results/reports/peaks/examples.png"],
     output:
         "results/reports/index.html",
     params:

@@ -1,0 +1,188 @@
+"""Peak finders side by side on the held-out test frames: predictions, matching metrics, figures.
+
+Finders (each has ``find(frame, good) -> peak table``; :func:`make_finder` builds one by name):
+
+* ``network``: cxlspeaks' CenterNet-style network (:mod:`cxlspeaks.peaknet`), threshold calibrated in training;
+* ``peakfinder8``: peakfinder8 (:mod:`cxlspeaks.peakfinder8`) in the setting for photon-counting frames;
+* ``peakfinder8_crystfel``: peakfinder8 with indexamajig 0.10.2's defaults;
+* ``paper_heatmap``: the source paper's attention heatmap model (:mod:`cxlspeaks.paper_heatmap`).
+
+Protocol (DESIGN.md, "Evaluation protocol"): a found peak matches a true reflection within ``match_radius_px``
+(one-to-one, nearest first, :mod:`cxlspeaks.peaks`); precision, recall, F1 and RMS position error of the matches
+for reflections of at least 0, 3 and 10 expected photons, per flux level, on the split's test frames only (crystal
+and empty frames: a peak found on an empty frame is a false positive). Speed: frames per second of ``find`` alone
+(reading and decompressing excluded), single process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .dataset import read_manifest, read_split
+from .frames import find_in_frames, panel_index, radius_px
+from .io import atomic_path, atomic_write_text
+from .peaks import match_frames, metrics_table, read_true_peaks, recall_by_photons
+
+FINDERS = ("network", "peakfinder8", "peakfinder8_crystfel", "paper_heatmap")
+MIN_PHOTONS = (0.0, 3.0, 10.0)
+PREDICTION_COLUMNS = ("dataset", "frame", "fs", "ss", "photons", "snr", "score")
+
+
+class Peakfinder8Finder:
+    """peakfinder8 with one precomputation per detector (radius, mask and panel maps)."""
+
+    def __init__(self, settings, name: str = "peakfinder8"):
+        self.settings, self.name = settings, name
+        self._prepared: dict = {}
+        self._current = None
+
+    def prepare(self, geometry) -> None:
+        from .peakfinder8 import Peakfinder8
+
+        key = geometry.to_geom_text()
+        if key not in self._prepared:
+            self._prepared[key] = Peakfinder8(radius_px(geometry), geometry.mask, self.settings,
+                                              panel_index(geometry))
+        self._current = self._prepared[key]
+
+    def find(self, frame: np.ndarray, good: np.ndarray) -> pd.DataFrame:
+        if self._current is None:
+            raise RuntimeError("Peakfinder8Finder.prepare(geometry) must be called before find()")
+        return self._current.find(frame)
+
+
+def peakfinder8_settings(name: str, overrides: dict | None = None):
+    """The photon-counting setting (with config overrides) or indexamajig's defaults."""
+    from .peakfinder8 import CRYSTFEL_DEFAULTS, PHOTON_COUNTING
+
+    if name == "peakfinder8_crystfel":
+        return CRYSTFEL_DEFAULTS
+    return dataclasses.replace(PHOTON_COUNTING, **(overrides or {}))
+
+
+def make_finder(name: str, checkpoint: str | Path | None = None, peakfinder8: dict | None = None,
+                threads: int | None = None):
+    """A finder by name; the network and the paper's model need their checkpoint."""
+    if name in ("peakfinder8", "peakfinder8_crystfel"):
+        return Peakfinder8Finder(peakfinder8_settings(name, peakfinder8), name)
+    if name not in FINDERS:
+        raise ValueError(f"unknown peak finder {name!r}; known: {', '.join(FINDERS)}")
+    if checkpoint is None:
+        raise ValueError(f"peak finder {name!r} needs a checkpoint")
+    if name == "network":
+        from .peaknet import NetworkPeakFinder
+
+        return NetworkPeakFinder(checkpoint, threads=threads)
+    from .paper_heatmap import PaperHeatmapFinder
+
+    return PaperHeatmapFinder(checkpoint, threads=threads)
+
+
+def test_rows(split_path: str | Path, subset: str = "test") -> pd.DataFrame:
+    split = read_split(split_path)
+    return split[split["subset"] == subset].sort_values(["dataset", "frame"]).reset_index(drop=True)
+
+
+def predict_split(finder, frames: dict[str, str | Path], split_path: str | Path, output: str | Path,
+                  timing_output: str | Path, subset: str = "test") -> pd.DataFrame:
+    """Run one finder over a split subset; write its peaks (one row per peak, PREDICTION_COLUMNS) and timing."""
+    rows = test_rows(split_path, subset)
+    seconds: list[float] = []
+    tables = find_in_frames(finder, frames, rows, seconds=seconds)
+    parts = [t.assign(dataset=d, frame=f) for t, d, f in zip(tables, rows["dataset"], rows["frame"]) if len(t)]
+    peaks = (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PREDICTION_COLUMNS))
+    peaks = peaks[list(PREDICTION_COLUMNS)]
+    with atomic_path(output) as tmp:
+        peaks.to_csv(tmp, index=False)
+    timing = {"finder": getattr(finder, "name", type(finder).__name__), "frames": len(rows),
+              "seconds": float(np.sum(seconds)),
+              "frames_per_s": float(len(seconds) / np.sum(seconds)) if seconds and np.sum(seconds) > 0 else None}
+    atomic_write_text(timing_output, json.dumps(timing, indent=2) + "\n")
+    return peaks
+
+
+def read_predictions(path: str | Path, rows: pd.DataFrame) -> list[pd.DataFrame]:
+    """A finder's peak CSV as one table per (dataset, frame) row, in row order."""
+    peaks = pd.read_csv(path, dtype={"dataset": str})
+    grouped = {key: g for key, g in peaks.groupby(["dataset", "frame"], sort=False)}
+    empty = peaks.iloc[:0]
+    return [grouped.get((d, f), empty).reset_index(drop=True) for d, f in zip(rows["dataset"], rows["frame"])]
+
+
+def match_finders(predictions: dict[str, str | Path], frames: dict[str, str | Path],
+                  manifests: dict[str, str | Path], split_path: str | Path, radius_px: float = 2.0,
+                  subset: str = "test") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Truth and prediction tables of every finder (columns finder, dataset, frame, flux, ...) and the frame keys."""
+    rows = test_rows(split_path, subset)
+    flux = pd.concat([read_manifest(manifests[d], d)[["dataset", "frame", "flux", "has_peaks"]]
+                      for d in sorted(set(rows["dataset"]))])
+    keys = rows[["dataset", "frame"]].merge(flux, on=["dataset", "frame"], how="left")
+    truth_at: dict = {}
+    for dataset, group in rows.groupby("dataset", sort=True):
+        truth_at.update(zip(group.index, read_true_peaks(frames[dataset], group["frame"].to_numpy())))
+    truth = [truth_at[i] for i in rows.index]
+    truth_tables, prediction_tables, frame_keys = [], [], []
+    for finder, path in predictions.items():
+        t, p = match_frames(read_predictions(path, rows), truth, radius_px, keys=keys)
+        truth_tables.append(t.assign(finder=finder))
+        prediction_tables.append(p.assign(finder=finder))
+        frame_keys.append(keys.assign(finder=finder))
+    return (pd.concat(truth_tables, ignore_index=True), pd.concat(prediction_tables, ignore_index=True),
+            pd.concat(frame_keys, ignore_index=True))
+
+
+def peak_report(predictions: dict[str, str | Path], timings: dict[str, str | Path], frames: dict[str, str | Path],
+                manifests: dict[str, str | Path], split_path: str | Path, output_dir: str | Path,
+                radius_px: float = 2.0, examples: int = 3, seed: int = 0) -> pd.DataFrame:
+    """results/reports/peaks/: metrics.csv and metrics.json (one row per finder, flux level and min_photons),
+    recall_by_photons.csv, recall_vs_photons.png and examples.png (true and found peaks on test frames)."""
+    from .report import plot_peak_examples, plot_recall_vs_photons
+
+    output_dir = Path(output_dir)
+    truth, predicted, keys = match_finders(predictions, frames, manifests, split_path, radius_px)
+    table = metrics_table(truth, predicted, by=["finder", "flux"], min_photons=MIN_PHOTONS, frames=keys)
+    empty = keys[~keys["has_peaks"].astype(bool)]
+    n_empty = empty.groupby(["finder", "flux"]).size()
+    on_empty = predicted.merge(empty[["finder", "dataset", "frame"]], on=["finder", "dataset", "frame"])
+    per_empty = (on_empty.groupby(["finder", "flux"]).size().reindex(n_empty.index, fill_value=0) / n_empty)
+    table = table.merge(per_empty.rename("false_per_empty_frame").reset_index(), on=["finder", "flux"], how="left")
+    speed = {f: json.loads(Path(p).read_text()).get("frames_per_s") for f, p in timings.items()}
+    table["frames_per_s"] = table["finder"].map(speed)
+    table["match_radius_px"] = radius_px
+    with atomic_path(output_dir / "metrics.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    records = json.loads(table.to_json(orient="records"))
+    atomic_write_text(output_dir / "metrics.json", json.dumps(records, indent=2) + "\n")
+    recall = recall_by_photons(truth, by=["finder", "flux"])
+    with atomic_path(output_dir / "recall_by_photons.csv") as tmp:
+        recall.to_csv(tmp, index=False)
+    plot_recall_vs_photons(recall, output_dir / "recall_vs_photons.png")
+    rows = test_rows(split_path)
+    crystal = rows.merge(keys.drop_duplicates(["dataset", "frame"]), on=["dataset", "frame"])
+    crystal = crystal[crystal["has_peaks"].astype(bool)]
+    chosen = _example_frames(crystal, examples, seed)
+    plot_peak_examples(chosen, frames, {f: read_predictions(p, chosen) for f, p in predictions.items()},
+                       output_dir / "examples.png")
+    return table
+
+
+def _example_frames(crystal: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """Up to n crystal test frames, one per flux level first (the low-flux ones are the interesting ones)."""
+    if crystal.empty or n == 0:
+        return crystal.iloc[:0].reset_index(drop=True)
+    firsts = crystal.groupby("flux", sort=True).sample(n=1, random_state=seed)
+    rest = crystal.drop(index=firsts.index)
+    extra = rest.sample(n=min(max(n - len(firsts), 0), len(rest)), random_state=seed)
+    return pd.concat([firsts, extra]).head(n).reset_index(drop=True)
+
+
+def format_metrics(table: pd.DataFrame, columns: Sequence[str] = ("finder", "flux", "min_photons", "precision",
+                                                                 "recall", "f1", "rms_px", "frames_per_s")) -> str:
+    """A plain-text table of the metrics (for logs and benchmarks)."""
+    return table[list(columns)].to_string(index=False, float_format=lambda v: f"{v:.3f}")
