@@ -69,6 +69,7 @@ def train_paper_heatmap(config: PaperHeatmapConfig, frames: dict[str, str | Path
     from tqdm import tqdm
 
     torch.manual_seed(config.seed)
+    torch.set_flush_denormal(True)  # denormal float32 arithmetic is many times slower on CPUs
     device = choose_device(gpus)
     if device.type == "cpu":
         torch.set_num_threads(max(1, threads))
