@@ -517,5 +517,5 @@ def test_presets():
             CRYSTFEL_DEFAULTS.max_pix_count, CRYSTFEL_DEFAULTS.local_bg_radius, CRYSTFEL_DEFAULTS.min_res_px,
             CRYSTFEL_DEFAULTS.max_res_px, CRYSTFEL_DEFAULTS.max_num_peaks, CRYSTFEL_DEFAULTS.iterations) == (
         800.0, 5.0, 2, 200, 3, 0.0, 1200.0, 2048, 5)
-    assert PHOTON_COUNTING.max_res_px == math.inf and PHOTON_COUNTING.min_pix_count == 1
+    assert PHOTON_COUNTING.max_res_px == math.inf and PHOTON_COUNTING.min_pix_count == 2
     assert PHOTON_COUNTING.adc_threshold > 1.0   # below 1 photon, sparse radius bins collapse (see module notes)

@@ -89,7 +89,7 @@ def train_paper_heatmap(config: PaperHeatmapConfig, frames: dict[str, str | Path
     try:
         for epoch in range(config.epochs):
             model.train()
-            order = train.sample(frac=1.0, random_state=config.seed * 1000 + epoch)
+            order = train.iloc[np.random.default_rng([config.seed, epoch]).permutation(len(train))]
             if config.max_frames:
                 order = order.iloc[:config.max_frames]
             total = 0.0
