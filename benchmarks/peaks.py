@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import tempfile
 from pathlib import Path
 
@@ -74,6 +75,10 @@ def main() -> None:
     columns = ["finder", "flux", "min_photons", "precision", "recall", "f1", "rms_px", "frames_per_s", "n_true",
                "tp", "fp", "fn", "n_frames"]
     rows = json.loads(table[columns].to_json(orient="records"))
+    device = f"cpu, {args.threads} thread(s) ({platform.processor() or platform.machine()})"
+    for row in rows:
+        row["min_photons"] = int(row["min_photons"])
+        row["device"] = device
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps([r for r in rows if r["finder"] in REQUIRED], indent=2) + "\n")
     extra = args.output.with_name(args.output.stem + "_peakfinder8_crystfel.json")

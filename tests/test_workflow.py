@@ -364,6 +364,10 @@ def test_pipeline_command_rejects_bad_input_with_exit_code_2(test_run, tmp_path)
         (["run", str(frames), "--models", str(models), "--hit-checkpoint",
           str(models / "clen" / "checkpoint.pt")], "is for attribute 'clen', not 'hit'"),
         (["run", str(frames), "--models", str(tmp_path)], "checkpoint not found"),
+        (["run", str(frames), "--models", str(models), "--no-peaks", "--cxi", str(tmp_path / "p.cxi")],
+         "--cxi needs peak finding"),
+        (["run", str(frames), "--models", str(models), "--peaks-checkpoint", str(models / "hit" / "checkpoint.pt")],
+         "is for attribute 'hit', not 'peaks'"),
     ]
     for args, message in cases:
         result = cxlspeaks_cli(*args)

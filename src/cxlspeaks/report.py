@@ -116,9 +116,19 @@ def plot_recall_vs_photons(recall: pd.DataFrame, path: str | Path) -> None:
     _save(fig, path)
 
 
+def _densest_window(peaks: pd.DataFrame, half_px: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """Centre (ss, fs) of the (2 half_px)^2 window, centred on a reflection, that holds the most reflections."""
+    if peaks.empty:
+        return shape[0] // 2, shape[1] // 2
+    fs, ss = peaks["fs"].to_numpy(), peaks["ss"].to_numpy()
+    inside = (np.abs(fs[:, None] - fs[None]) < half_px) & (np.abs(ss[:, None] - ss[None]) < half_px)
+    best = int(inside.sum(axis=1).argmax())
+    return int(ss[best]), int(fs[best])
+
+
 def plot_peak_examples(frames_table: pd.DataFrame, frames: dict, predictions: dict, path: str | Path,
                        half_px: int = 120) -> None:
-    """Test frames (log counts) around their brightest true reflection, true reflections circled (white: >= 3
+    """Test frames (log counts) where their true reflections are densest, true reflections circled (white: >= 3
     expected photons, grey: fewer) and every finder's peaks marked."""
     from .frames import FramesFile
     from .peaks import read_true_peaks
@@ -130,9 +140,7 @@ def plot_peak_examples(frames_table: pd.DataFrame, frames: dict, predictions: di
         with FramesFile(frames[row.dataset]) as source:
             image = source.read(row.frame)
         truth = read_true_peaks(frames[row.dataset], [row.frame])[0]
-        centre = truth.sort_values("photons").iloc[len(truth) // 2] if len(truth) else None
-        c_ss = int(centre["ss"]) if centre is not None else image.shape[0] // 2
-        c_fs = int(centre["fs"]) if centre is not None else image.shape[1] // 2
+        c_ss, c_fs = _densest_window(truth[truth["photons"] >= 3], half_px, image.shape)
         ss0 = min(max(c_ss - half_px, 0), max(image.shape[0] - 2 * half_px, 0))
         fs0 = min(max(c_fs - half_px, 0), max(image.shape[1] - 2 * half_px, 0))
         crop = image[ss0:ss0 + 2 * half_px, fs0:fs0 + 2 * half_px]
@@ -150,7 +158,9 @@ def plot_peak_examples(frames_table: pd.DataFrame, frames: dict, predictions: di
         ax.set_title(f"dataset {row.dataset} frame {row.frame} ({row.flux} flux)", fontsize=9)
         ax.set_xlabel("fs (px)")
         ax.set_ylabel("ss (px)")
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(len(labels), 1), fontsize=8,
+               bbox_to_anchor=(0.5, -0.04))
     _save(fig, path)
 
 
