@@ -2,31 +2,6 @@
 # (GPU jobs when a GPU is given), run every finder over its test frames, and report matching metrics.
 
 
-def peak_frames_inputs(wildcards=None):
-    datasets = split_datasets(PEAK_SPLIT)
-    return {
-        "split": f"results/splits/{PEAK_SPLIT}.csv",
-        "frames": [f"results/datasets/{d}/frames.h5" for d in datasets],
-    }
-
-
-def find_peaks_inputs(wildcards):
-    inputs = peak_frames_inputs()
-    if wildcards.finder in PEAK_CHECKPOINTS:
-        inputs["checkpoint"] = PEAK_CHECKPOINTS[wildcards.finder]
-    return inputs
-
-
-def peak_report_inputs(wildcards):
-    datasets = split_datasets(PEAK_SPLIT)
-    return {
-        **peak_frames_inputs(),
-        "manifests": [f"results/datasets/{d}/manifest.csv" for d in datasets],
-        "peaks": [f"results/peaks/{f}/peaks.csv" for f in PEAK_FINDERS],
-        "timings": [f"results/peaks/{f}/timing.json" for f in PEAK_FINDERS],
-    }
-
-
 rule train_peaks:
     input:
         unpack(peak_frames_inputs),
