@@ -30,6 +30,7 @@ TEST_PROFILE = REPO / "profiles" / "slurm-local-test"
 DATA_STAGES = ("reflections", "water", "simulate_shard", "assemble")  # rules that must go through sbatch
 DATA_DIRS = ("datasets", "splits", "features")  # results/<dir>: data files compared with the local run
 GPU_RULE = "train"
+GPU_RULES = (GPU_RULE, "train_peaks", "train_paper_heatmap")  # the training rules: gpu=1 on the gpu partition
 
 
 def load_profile(path: Path) -> dict:
@@ -49,8 +50,9 @@ def test_slurm_profile_resolves_from_the_repository_root_and_has_the_cluster_set
     defaults = profile["default-resources"]
     assert {"slurm_partition", "slurm_account", "runtime", "mem_mb"} <= set(defaults)
     assert "cpus_per_task" not in defaults  # it would override every rule's threads
-    assert profile["set-resources"][GPU_RULE]["gpu"] == 1
-    assert profile["set-resources"][GPU_RULE]["slurm_partition"] != defaults["slurm_partition"]
+    for rule in GPU_RULES:
+        assert profile["set-resources"][rule]["gpu"] == 1, rule
+        assert profile["set-resources"][rule]["slurm_partition"] != defaults["slurm_partition"], rule
 
 
 def test_local_test_profile_differs_from_the_slurm_profile_only_where_the_local_cluster_needs_it():
@@ -231,8 +233,9 @@ def test_test_config_through_slurm_equals_a_local_run(local_slurm, tmp_path):
     assert sent["simulate_shard"] == len(config["datasets"]) * shards  # N shards -> N parallel jobs
 
     # ---- what Slurm recorded: every job ran to completion; GPU jobs asked for and were given a GPU
-    if GPU_RULE in rules:
-        assert sent[GPU_RULE] == planned[GPU_RULE] > 0, "the workflow has a train rule but no train job was submitted"
+    for rule in GPU_RULES:
+        if rule in rules:
+            assert sent[rule] == planned[rule] > 0, f"the workflow has a {rule} rule but no {rule} job was submitted"
     gpu_partition = load_profile(TEST_PROFILE)["set-resources"][GPU_RULE]["slurm_partition"]
     for rule, wildcards, call, job_id in jobs:
         record = scontrol_job(job_id)
@@ -240,7 +243,7 @@ def test_test_config_through_slurm_equals_a_local_run(local_slurm, tmp_path):
         assert record["Comment"] == f"rule_{rule}" + (f"_wildcards_{wildcards}" if wildcards else "")
         assert record["JobName"] == run_id.group(1)
         tres = record.get("TresPerJob", "") + record.get("TresPerNode", "")
-        if rule == GPU_RULE:
+        if rule in GPU_RULES:
             assert "--gpus=1" in call and f"-p {gpu_partition}" in call, call
             assert "gpu:1" in tres and record["Partition"] == gpu_partition, record
         else:
