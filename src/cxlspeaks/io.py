@@ -365,9 +365,10 @@ def write_cxi_peaks(path: str | Path, peak_tables: Sequence[pd.DataFrame], max_p
                 h5.create_dataset(target, data=np.asarray(value))
 
 
-def _cxi_layout(h5: h5py.File, path) -> tuple[np.ndarray, np.ndarray, int]:
-    """Validated (counts, rows, width) of a CXI peak list open in ``h5``."""
-    for name in ("nPeaks", *CXI_PEAK_FIELDS[:3]):
+def peak_list_shape(h5: h5py.File, path, required: Sequence[str], optional: Sequence[str] = ()) -> tuple:
+    """(nPeaks dataset, max_peaks) of the peak list at /entry_1/result_1 of an open file, after checking that
+    nPeaks and the ``required`` fields exist, nPeaks is 1-D and every field present is (N, max_peaks)."""
+    for name in ("nPeaks", *required):
         if f"{RESULT}/{name}" not in h5:
             raise DataFileError(f"{path}: has no dataset {RESULT}/{name}")
     n_ds = h5[f"{RESULT}/nPeaks"]
@@ -375,14 +376,19 @@ def _cxi_layout(h5: h5py.File, path) -> tuple[np.ndarray, np.ndarray, int]:
         raise DataFileError(f"{path}: {RESULT}/nPeaks has {n_ds.ndim} dimensions, expected 1")
     n_rows = n_ds.shape[0]
     width = None
-    for name in CXI_PEAK_FIELDS:
-        if f"{RESULT}/{name}" not in h5:
-            continue  # only peakSNR may be absent (checked above)
+    for name in (*required, *(o for o in optional if f"{RESULT}/{o}" in h5)):
         shape = h5[f"{RESULT}/{name}"].shape
         if len(shape) != 2 or shape[0] != n_rows or (width is not None and shape[1] != width):
             raise DataFileError(f"{path}: {RESULT}/{name} has shape {shape}, expected ({n_rows}, max_peaks) "
                                 "like the other peak fields")
         width = shape[1]
+    return n_ds, width
+
+
+def _cxi_layout(h5: h5py.File, path) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validated (counts, rows, width) of a CXI peak list open in ``h5`` (peakSNR may be absent)."""
+    n_ds, width = peak_list_shape(h5, path, CXI_PEAK_FIELDS[:3], CXI_PEAK_FIELDS[3:])
+    n_rows = n_ds.shape[0]
     counts = n_ds[()].astype(np.int64)
     if counts.size and (counts.min() < 0 or counts.max() > width):
         raise DataFileError(f"{path}: {RESULT}/nPeaks holds counts outside 0..{width}")

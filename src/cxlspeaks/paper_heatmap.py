@@ -23,11 +23,10 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from .dataset import read_split
 from .frames import FramesFile
 from .io import LABEL, atomic_path, open_h5
 from .models import build_model
-from .train import CheckpointError, choose_device, load_checkpoint, save_checkpoint
+from .train import CheckpointError, load_checkpoint, prepare_device, save_checkpoint, train_rows
 
 PAPER_HEATMAP_ATTRIBUTE = "paper_heatmap"
 
@@ -70,13 +69,8 @@ def train_paper_heatmap(config: PaperHeatmapConfig, frames: dict[str, str | Path
 
     torch.manual_seed(config.seed)
     torch.set_flush_denormal(True)  # denormal float32 arithmetic is many times slower on CPUs
-    device = choose_device(gpus)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, threads))
-    split = read_split(split_path)
-    train = split[split["subset"] == "train"].reset_index(drop=True)
-    if train.empty:
-        raise ValueError(f"split {split_path} has no train frames")
+    device = prepare_device(gpus, threads)
+    train = train_rows(split_path)
     sources = {d: FramesFile(frames[d]) for d in sorted(set(train["dataset"]))}
     labels = {d: open_h5(frames[d]) for d in sources}
     shapes = {s.geometry.shape for s in sources.values()}

@@ -34,11 +34,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .dataset import read_split
 from .frames import FramesFile, find_in_frames
 from .io import atomic_path
 from .seeding import frame_rng
-from .train import CheckpointError, choose_device, load_checkpoint, save_checkpoint
+from .train import CheckpointError, load_checkpoint, prepare_device, save_checkpoint, train_rows
 
 PEAKNET_ATTRIBUTE = "peaks"
 TARGET_SIGMA_CELLS = 0.8
@@ -367,13 +366,8 @@ def train_peaknet(config: PeakNetConfig, frames: dict[str, str | Path], split_pa
                   checkpoint_path: str | Path, history_path: str | Path, threads: int = 1, gpus: int = 0,
                   progress: bool = True) -> dict:
     """Train the peak network on crops of the split's training frames; calibrate its threshold; save it."""
-    device = choose_device(gpus)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, threads))
-    split = read_split(split_path)
-    train = split[split["subset"] == "train"].reset_index(drop=True)
-    if train.empty:
-        raise ValueError(f"split {split_path} has no train frames")
+    device = prepare_device(gpus, threads)
+    train = train_rows(split_path)
     missing = sorted(set(train["dataset"]) - set(frames))
     if missing:
         raise ValueError(f"split {split_path} names dataset {missing[0]!r}, which has no frames file")

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from .io import RESULT, DataFileError, open_h5
+from .io import RESULT, DataFileError, open_h5, peak_list_shape
 
 PEAK_COLUMNS = ("fs", "ss", "photons", "snr", "score")
 TRUE_PEAK_COLUMNS = ("fs", "ss", "photons", "h", "k", "l")
@@ -82,20 +82,8 @@ def read_true_peaks(frames_path, frames: Sequence[int] | None = None) -> list[pd
               "h": "peakH", "k": "peakK", "l": "peakL"}
     with open_h5(frames_path) as h5:
         try:
-            for name in ("nPeaks", *fields.values()):
-                if f"{RESULT}/{name}" not in h5:
-                    raise DataFileError(f"{frames_path}: has no dataset {RESULT}/{name}")
-            counts_ds = h5[f"{RESULT}/nPeaks"]
-            if counts_ds.ndim != 1:
-                raise DataFileError(f"{frames_path}: {RESULT}/nPeaks has {counts_ds.ndim} dimensions, expected 1")
+            counts_ds, width = peak_list_shape(h5, frames_path, list(fields.values()))
             n_frames = counts_ds.shape[0]
-            width = None
-            for name in fields.values():
-                shape = h5[f"{RESULT}/{name}"].shape
-                if len(shape) != 2 or shape[0] != n_frames or (width is not None and shape[1] != width):
-                    raise DataFileError(f"{frames_path}: {RESULT}/{name} has shape {shape}, expected "
-                                        f"({n_frames}, max_peaks) like the other peak fields")
-                width = shape[1]
             rows = np.arange(n_frames) if frames is None else np.asarray(frames, dtype=np.int64).reshape(-1)
             if rows.size and (rows.min() < 0 or rows.max() >= n_frames):
                 bad = rows[(rows < 0) | (rows >= n_frames)][0]

@@ -196,6 +196,23 @@ def choose_device(gpus: int) -> torch.device:
     return torch.device("cuda") if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
 
 
+def prepare_device(gpus: int, threads: int) -> torch.device:
+    """The training device (:func:`choose_device`); on the CPU, ``threads`` torch threads."""
+    device = choose_device(gpus)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, threads))
+    return device
+
+
+def train_rows(split_path: str | Path) -> pd.DataFrame:
+    """The (dataset, frame) rows of a split's training subset; an error when it has none."""
+    split = read_split(split_path)
+    train = split[split["subset"] == "train"].reset_index(drop=True)
+    if train.empty:
+        raise ValueError(f"split {split_path} has no train frames")
+    return train
+
+
 def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.learning_rate)
