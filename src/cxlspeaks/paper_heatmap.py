@@ -24,7 +24,7 @@ import torch
 from scipy import ndimage
 
 from .frames import FramesFile
-from .io import LABEL, atomic_path, open_h5
+from .io import LABEL, atomic_path
 from .models import build_model
 from .train import CheckpointError, load_checkpoint, prepare_device, save_checkpoint, train_rows
 
@@ -72,7 +72,6 @@ def train_paper_heatmap(config: PaperHeatmapConfig, frames: dict[str, str | Path
     device = prepare_device(gpus, threads)
     train = train_rows(split_path)
     sources = {d: FramesFile(frames[d]) for d in sorted(set(train["dataset"]))}
-    labels = {d: open_h5(frames[d]) for d in sources}
     shapes = {s.geometry.shape for s in sources.values()}
     if len(shapes) != 1:
         raise ValueError(f"split {split_path} mixes detectors of shapes {sorted(shapes)}")
@@ -91,7 +90,7 @@ def train_paper_heatmap(config: PaperHeatmapConfig, frames: dict[str, str | Path
                        disable=not progress)
             for row in bar:
                 counts = torch.from_numpy(sources[row.dataset].read(row.frame))[None, None].to(device)
-                target = torch.from_numpy(_read_label(labels[row.dataset], frames[row.dataset], row.frame))
+                target = torch.from_numpy(_read_label(sources[row.dataset].h5, frames[row.dataset], row.frame))
                 loss = paper_focal_loss(model(counts), target[None, None].to(device), config.alpha, config.gamma)
                 optimizer.zero_grad()
                 loss.backward()
@@ -100,8 +99,8 @@ def train_paper_heatmap(config: PaperHeatmapConfig, frames: dict[str, str | Path
             history.append({"epoch": epoch + 1, "train_loss": total / max(len(order), 1),
                             "frames": len(order), "learning_rate": config.learning_rate})
     finally:
-        for handle in (*sources.values(), *labels.values()):
-            handle.close()
+        for source in sources.values():
+            source.close()
     model = model.cpu().eval()
     save_checkpoint(checkpoint_path, model_state=model.state_dict(), optimizer_state={}, epoch=config.epochs,
                     config={"attribute": PAPER_HEATMAP_ATTRIBUTE, "model": "paper_attention_heatmap",

@@ -27,7 +27,7 @@ import pandas as pd
 from .dataset import read_manifest, read_split
 from .frames import find_in_frames, panel_index, radius_px
 from .io import atomic_path, atomic_write_text
-from .peaks import match_frames, metrics_table, read_true_peaks, recall_by_photons
+from .peaks import match_frames, metrics_table, read_true_peaks_of_rows, recall_by_photons
 
 FINDERS = ("network", "peakfinder8", "peakfinder8_crystfel", "paper_heatmap")
 MIN_PHOTONS = (0.0, 3.0, 10.0)
@@ -123,10 +123,7 @@ def match_finders(predictions: dict[str, str | Path], frames: dict[str, str | Pa
     flux = pd.concat([read_manifest(manifests[d], d)[["dataset", "frame", "flux", "has_peaks"]]
                       for d in sorted(set(rows["dataset"]))])
     keys = rows[["dataset", "frame"]].merge(flux, on=["dataset", "frame"], how="left")
-    truth_at: dict = {}
-    for dataset, group in rows.groupby("dataset", sort=True):
-        truth_at.update(zip(group.index, read_true_peaks(frames[dataset], group["frame"].to_numpy())))
-    truth = [truth_at[i] for i in rows.index]
+    truth = read_true_peaks_of_rows(frames, rows)
     truth_tables, prediction_tables, frame_keys = [], [], []
     for finder, path in predictions.items():
         t, p = match_frames(read_predictions(path, rows), truth, radius_px, keys=keys)

@@ -302,13 +302,10 @@ def load_crops(frames: dict[str, str | Path], rows: pd.DataFrame, config: PeakNe
 def calibrate_threshold(finder: NetworkPeakFinder, frames: dict[str, str | Path], rows: pd.DataFrame,
                         config: PeakNetConfig) -> tuple[float, pd.DataFrame]:
     """The score threshold that maximises F1 (reflections >= calibrate_min_photons) on the given frames."""
-    from .peaks import match_frames, peak_metrics, read_true_peaks
+    from .peaks import match_frames, peak_metrics, read_true_peaks_of_rows
 
     predicted = find_in_frames(finder, frames, rows, threshold=0.02)
-    truth_at = {}
-    for dataset, group in rows.groupby("dataset", sort=True):
-        truth_at.update(zip(group.index, read_true_peaks(frames[dataset], group["frame"].to_numpy())))
-    truth = [truth_at[p] for p in rows.index]
+    truth = read_true_peaks_of_rows(frames, rows)
     scan = []
     for threshold in np.round(np.arange(0.05, 0.96, 0.05), 2):
         kept = [p[p["score"] >= threshold] for p in predicted]

@@ -121,6 +121,15 @@ def read_true_peaks(frames_path, frames: Sequence[int] | None = None) -> list[pd
     return tables
 
 
+def read_true_peaks_of_rows(frames: dict, rows: pd.DataFrame) -> list[pd.DataFrame]:
+    """The true reflection lists of a table's (dataset, frame) rows, in row order; ``frames`` maps each dataset
+    to its frames file (one read per dataset)."""
+    truth_at: dict = {}
+    for dataset, group in rows.groupby("dataset", sort=True):
+        truth_at.update(zip(group.index, read_true_peaks(frames[dataset], group["frame"].to_numpy())))
+    return [truth_at[i] for i in rows.index]
+
+
 # ---------------------------------------------------------------------- matching
 def _positions(table: pd.DataFrame, what: str) -> np.ndarray:
     missing = [c for c in ("fs", "ss") if c not in table.columns]

@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 
 from .features import binned_frames, mask_fraction
-from .frames import frames_geometry
-from .io import (DATA, DataFileError, atomic_path, atomic_write_text, geometry_with_peak_list, open_h5,
-                 write_cxi_peaks, write_event_list)
+from .frames import FramesFile
+from .io import (DATA, DataFileError, atomic_path, atomic_write_text, geometry_with_peak_list, write_cxi_peaks,
+                 write_event_list)
 from .train import load_checkpoint, model_from_checkpoint
 
 PIPELINE_ATTRIBUTES = ("hit", "photon_energy", "clen")
@@ -85,29 +85,14 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
         peak_finder = NetworkPeakFinder(checkpoints["peaks"])
     elif cxi_output is not None:
         raise ValueError("a CXI peak list needs the peak network's checkpoint")
-    geometry = frames_geometry(frames_path, geometry_path)
-    mask = geometry.mask
     rows, peak_tables = [], []
-    with open_h5(frames_path) as h5:
-        if DATA not in h5:
-            raise DataFileError(f"{frames_path}: has no dataset {DATA}")
-        data = h5[DATA]
-        if data.ndim != 3 or data.shape[1:] != geometry.shape:
-            raise DataFileError(f"{frames_path}: {DATA} has shape {data.shape}, expected (N, {geometry.shape[0]}, "
-                                f"{geometry.shape[1]}) for its detector")
-        indices = np.arange(data.shape[0]) if frames is None else np.asarray(frames, dtype=int)
-        if len(indices) and (indices.min() < 0 or indices.max() >= data.shape[0]):
-            raise DataFileError(f"{frames_path}: holds {data.shape[0]} frames, asked for frame {indices.max()}")
+    with FramesFile(frames_path, geometry_path) as source:
+        geometry, mask = source.geometry, source.mask
+        indices = source.check_indices(frames)
         binned_mask = mask_fraction(mask, predictor.bin_factor)
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            try:
-                block = np.stack([data[i] for i in chunk])
-            except OSError as exc:
-                raise DataFileError(f"{frames_path}: cannot read frames {chunk[0]}-{chunk[-1]} (truncated or "
-                                    f"corrupt: {str(exc).splitlines()[0]})") from None
-            if not np.isfinite(block).all():
-                raise DataFileError(f"{frames_path}: frames {chunk[0]}-{chunk[-1]} hold NaN or infinite values")
+            block = np.stack([source.read(i) for i in chunk])
             scored = predictor.predict(binned_frames(block, mask, predictor.bin_factor), binned_mask)
             if peak_finder is not None:
                 found = [peak_finder.find(frame, mask) if hit else None for frame, hit in zip(block, scored["is_hit"])]
