@@ -118,3 +118,49 @@ def test_stratified_split_is_seeded_and_balanced():
 def test_synthetic_crystal_loads_without_files():
     crystal = load_crystal(None, d_min_A=10.0)
     assert len(crystal.hkl) > 100 and crystal.source.startswith("synthetic")
+
+
+def test_the_default_structure_is_shipped_and_needs_no_network(tmp_path, monkeypatch):
+    """1IC6 comes from the package (the default run works offline): the right cell and space group, no download."""
+    import urllib.request
+
+    import gemmi
+
+    from cxlspeaks.crystal import fetch_structure, read_structure
+
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    path = fetch_structure("1ic6", tmp_path / "1IC6.pdb")
+    assert calls == []  # the shipped copy, no download
+    structure = read_structure(path)
+    assert structure.spacegroup_hm.replace(" ", "") == "P43212"
+    assert structure.cell.a == pytest.approx(67.288) and structure.cell.c == pytest.approx(106.582)
+    # The proteinase K chain: 279 residues (Betzel et al. 2001).
+    assert sum(1 for residue in structure[0][0] if gemmi.find_tabulated_residue(residue.name).is_amino_acid()) == 279
+    with pytest.raises(StructureError):
+        fetch_structure("9ZZZ", tmp_path / "9ZZZ.pdb", timeout_s=0.001)
+
+
+def test_structure_job_of_the_default_config_runs_offline(tmp_path):
+    """The default config's structure job, run by Snakemake with every socket refused, writes 1IC6."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _refuse(*a, **k):\n    raise OSError('network unavailable (test)')\n"
+        "socket.socket.connect = _refuse\nsocket.create_connection = _refuse\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                             "--configfile", str(REPO / "config" / "config.yaml"), "--cores", "1",
+                             "resources/structure/1IC6.pdb"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (tmp_path / "resources" / "structure" / "1IC6.pdb").read_text()
+    assert "CRYST1   67.288   67.288  106.582" in text

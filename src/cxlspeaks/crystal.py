@@ -190,6 +190,36 @@ def synthetic_structure(cell_parameters=CELL_1IC6_A, spacegroup: str = SPACEGROU
     return st
 
 
+#: PDB entries shipped inside the package (gzipped PDB format, package data ``cxlspeaks/data``): the default run
+#: needs no network. PDB entries are CC0 (wwPDB policy). 1IC6: proteinase K, 0.98 A (Betzel et al., Biochemistry
+#: 40:3080, 2001), byte-identical to the RCSB file the CXLS hit-finder paper simulated (sha256 of the unzipped
+#: file edd50d6f...a445d609).
+EMBEDDED_PDB = {"1IC6": "1IC6.pdb.gz"}
+
+
+def embedded_pdb_path(pdb_id: str) -> Path | None:
+    """The gzipped PDB file of ``pdb_id`` shipped in the package, or None when the package has none."""
+    name = EMBEDDED_PDB.get(pdb_id.upper())
+    return None if name is None else Path(__file__).with_name("data") / name
+
+
+def fetch_structure(pdb_id: str, path: str | Path, timeout_s: float = 30.0) -> Path:
+    """Write PDB entry ``pdb_id`` to ``path`` (atomically): the copy shipped in the package when there is one (no
+    network; see :data:`EMBEDDED_PDB`), else a download from the RCSB (:func:`download_pdb`).
+
+    Raises:
+        StructureError: one line, when the entry is not shipped and cannot be downloaded.
+    """
+    embedded = embedded_pdb_path(pdb_id)
+    if embedded is not None:
+        import gzip
+
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(gzip.decompress(embedded.read_bytes()))
+        return Path(path)
+    return download_pdb(pdb_id, path, timeout_s)
+
+
 def download_pdb(pdb_id: str, path: str | Path, timeout_s: float = 30.0) -> Path:
     """Fetch a PDB entry from the RCSB into ``path`` (atomically); a one-line error if that is impossible."""
     url = RCSB_URL.format(pdb_id=pdb_id.upper())

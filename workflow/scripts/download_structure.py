@@ -1,8 +1,8 @@
-"""Download the PDB model of structure.pdb_id from the RCSB."""
+"""The PDB model of structure.pdb_id: the copy shipped in the package (1IC6), else a download from the RCSB."""
 import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from cxlspeaks.crystal import download_pdb
+from cxlspeaks.crystal import fetch_structure
 
-download_pdb(snakemake.params.pdb_id, snakemake.output[0])
+fetch_structure(snakemake.params.pdb_id, snakemake.output[0])
