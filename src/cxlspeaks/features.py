@@ -48,11 +48,29 @@ def mask_fraction(mask: np.ndarray, factor: int) -> np.ndarray:
     return (bin_sum(mask.astype(np.float32), factor) / factor ** 2).astype(np.float32)
 
 
+def binned_radius_m(geometry, factor: int) -> np.ndarray:
+    """Mean distance from the beam axis, in the detector plane, of the good pixels of every bin.
+
+    r = sqrt(x^2 + y^2) of each pixel centre (metres, the geometry's lab frame: the beam along z through x = y = 0,
+    so the geometry's beam centre and panel positions place it), averaged over the bin's good pixels.
+
+    Returns:
+        float32 (ceil(ss / factor), ceil(fs / factor)) metres; -1 where a bin holds no good pixel.
+    """
+    pos = geometry.pixel_positions_m
+    good = geometry.mask & np.isfinite(pos[..., 0])
+    radius = np.where(good, np.hypot(pos[..., 0], pos[..., 1]), 0.0)
+    n_good = bin_sum(good.astype(np.float64), factor)
+    mean = bin_sum(radius, factor) / np.maximum(n_good, 1)
+    return np.where(n_good > 0, mean, -1.0).astype(np.float32)
+
+
 def write_features(frames_path: str | Path, output: str | Path, factor: int, dataset: str = "") -> None:
     """Bin every frame of a frames file (counts and expected signal) and write the model inputs to HDF5.
 
     Output: /features/counts and /features/signal float32 (N, ss/f, fs/f), /features/mask_fraction
-    float32 (ss/f, fs/f), /features/has_peaks (N,), and the photon energy and camera length as attributes.
+    float32 (ss/f, fs/f), /features/radius_m float32 (ss/f, fs/f)
+    (:func:`binned_radius_m`), /features/has_peaks (N,), and the photon energy and camera length as attributes.
     """
     with open_h5(frames_path) as src:
         for name in (DATA, SIGNAL, HAS_PEAKS, PHOTON_ENERGY, CLEN, GEOMETRY_TEXT):
@@ -75,6 +93,7 @@ def write_features(frames_path: str | Path, output: str | Path, factor: int, dat
                 counts[i] = binned_frames(data[i], mask, factor)
                 signal[i] = binned_frames(src[SIGNAL][i], mask, factor)
             group.create_dataset("mask_fraction", data=mask_fraction(mask, factor))
+            group.create_dataset("radius_m", data=binned_radius_m(geometry, factor))
             group.create_dataset("has_peaks", data=src[HAS_PEAKS][()])
             group.attrs.update({"photon_energy_ev": float(src[PHOTON_ENERGY][()]),
                                 "clen_m": float(src[CLEN][()]), "bin_factor": factor, "dataset": dataset,

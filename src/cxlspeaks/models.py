@@ -121,6 +121,61 @@ class WaterRingLinear(nn.Module):
         return self.linear(self.standardise(self._map(x)))
 
 
+@register("water_profile_linear")
+class WaterProfileLinear(nn.Module):
+    """Photon energy or camera length from the radial profile of the water scattering, placed by the geometry.
+
+    Input (counts, mask, radius): binned counts, the fraction of good pixels per bin and each bin's mean distance
+    from the beam axis in the detector plane, ``radius`` in metres (from the geometry's beam centre and pixel
+    positions, :func:`cxlspeaks.features.binned_radius_m`; negative where a bin has no good pixel). The water ring
+    of liquid water peaks at q = 2.05 A^-1, i.e. at r = L tan(2 asin(q lambda / 4 pi)) from the beam, and the
+    level per pixel falls with the pixel's solid angle (~ A cos^3(2theta) / L^2): the profile counts(r) holds both
+    beam parameters (PHYSICS.md, water). Each bin is capped at 4 x (the frame's median bin + 1) counts, so Bragg
+    spots cannot dominate (as in ``water_ring_linear``); capped counts and good-pixel fractions are summed into
+    ``n_radii`` rings of equal width up to ``r_max_m`` (default 0.16 m, beyond the corner of an Eiger 4M at its
+    beam centre), giving the mean capped counts per good pixel of each ring; log1p, standardised (running mean
+    and variance), one linear layer.
+
+    Because the features are a function of the radius only, a frame with its beam centre elsewhere, or another
+    detector layout of the same pixel size (EIGER2 4M), gives the same features where its rings are covered;
+    rings a frame does not cover take the training mean (standardised value 0), so they do not vote.
+    """
+
+    inputs = ("counts", "mask", "radius")
+
+    def __init__(self, input_shape: tuple[int, int, int], n_outputs: int = 3, n_radii: int = 128,
+                 r_max_m: float = 0.16):
+        super().__init__()
+        if input_shape[0] != 3:
+            raise ValueError(f"water_profile_linear takes 3 input channels (counts, mask, radius), "
+                             f"got {input_shape[0]}")
+        self.n_radii, self.r_max_m = n_radii, r_max_m
+        self.standardise = nn.BatchNorm1d(n_radii, affine=False)
+        self.linear = nn.Linear(n_radii, n_outputs)
+
+    def profile(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log1p of the mean capped counts per good pixel in each ring (B, n_radii), and which rings a frame
+        covers (B, n_radii) bool."""
+        counts, mask, radius = x[:, 0], x[:, 1], x[:, 2]
+        good = (mask > 0) & (radius >= 0) & (radius < self.r_max_m)
+        level = torch.nanmedian(torch.where(good, counts, torch.nan).flatten(1), dim=1).values.nan_to_num(0.0)
+        capped = torch.minimum(counts, 4 * (level[:, None, None] + 1)) * good
+        ring = (radius.clamp(0, self.r_max_m * (1 - 1e-6)) / self.r_max_m * self.n_radii).long().flatten(1)
+        weight = (mask * good).flatten(1)
+        total = torch.zeros(x.shape[0], self.n_radii, dtype=x.dtype, device=x.device)
+        pixels = torch.zeros_like(total)
+        total.scatter_add_(1, ring, capped.flatten(1))
+        pixels.scatter_add_(1, ring, weight)
+        covered = pixels > 0.5  # at least half a good pixel's worth of bins in the ring
+        return torch.log1p(total / pixels.clamp_min(1e-3)), covered
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features, covered = self.profile(x)
+        # A ring the frame does not cover takes the running mean: standardised to 0, it does not vote.
+        features = torch.where(covered, features, self.standardise.running_mean.to(features.dtype))
+        return self.linear(self.standardise(features))
+
+
 # ---------------------------------------------------------------------- the source paper's architectures
 # Everett & Kurth (2024), "Crystallography Peak Detection at CXLS", as committed in adamkurth/cxls_hitfinder
 # (cnn/src/pkg/models.py at ebf427e, the state of the paper). They read the full 2163 x 2069 frame as raw float
