@@ -5,6 +5,10 @@ A dataset's ``frames.h5`` holds ``frames`` crystal frames (overlays: Poisson(sig
 ``signal >= label_threshold_photons`` on the expected Bragg image. The true peak list of a frame holds the
 reflections with at least ``peak_list_min_photons`` expected photons on good pixels; ``has_peaks`` is true when
 that list is not empty.
+
+Recorded counts saturate at the dataset's ``saturation`` (config ``saturation_photons``, default the detector's
+count cut-off): such pixels hold exactly that value, and each frame's number of them is stored in
+``/entry/data/n_saturated`` (uint32 (N,), attribute ``saturation_photons``) and the manifest column ``n_saturated``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from .seeding import frame_rng
 from .settings import DatasetSettings
 from .simulate.engine import FrameSimulator, PhotonRecorder, expected_water
 
-MANIFEST_COLUMNS = ("frame", "has_peaks", "n_peaks", "photon_energy_ev", "clen_m", "flux", "kind")
+MANIFEST_COLUMNS = ("frame", "has_peaks", "n_peaks", "photon_energy_ev", "clen_m", "flux", "kind", "n_saturated")
+#: Per frame: the pixels recorded at the saturation value.
+N_SATURATED = "/entry/data/n_saturated"
 SPLIT_COLUMNS = ("dataset", "frame", "subset")
 
 
@@ -52,7 +58,14 @@ def _frame_simulator(settings: DatasetSettings, crystal: Crystal, seed: int, wat
     background = read_dataset(water_path, BACKGROUND, ndim=2)
     return FrameSimulator(settings.geometry(), crystal, settings.beam, settings.sample, settings.water, seed=seed,
                           dataset=settings.name, spot_sigma_px=settings.spot_sigma_px,
-                          bragg_backend=settings.bragg_backend, background=background)
+                          bragg_backend=settings.bragg_backend, background=background,
+                          saturation_photons=settings.saturation)
+
+
+def _write_n_saturated(h5: h5py.File, values: Sequence[int], saturation: int) -> None:
+    h5.create_dataset(N_SATURATED, data=np.asarray(values, dtype=np.uint32))
+    h5[N_SATURATED].attrs["saturation_photons"] = saturation
+    h5[N_SATURATED].attrs["description"] = "pixels recorded at the saturation value (counts cut off there)"
 
 
 def simulate_shard(settings: DatasetSettings, crystal: Crystal, shard: int, seed: int, water_path: str | Path,
@@ -66,14 +79,17 @@ def simulate_shard(settings: DatasetSettings, crystal: Crystal, shard: int, seed
         from tqdm import tqdm
 
         iterator = tqdm(frames, desc=f"dataset {settings.name} shard {shard}", unit="frame")
+    saturated = np.zeros(len(frames), dtype=np.uint32)
     with FrameStackWriter(output, len(frames), geometry.shape, settings.max_peaks) as out:
         for j, i in enumerate(iterator):
             q, astar = sim.orientation(i)
             frame = sim.signal(i)
             counts = sim.record(i, frame.image)
+            saturated[j] = sim.n_saturated(counts)
             label = (frame.image >= settings.label_threshold_photons).astype(np.uint8)
             out.write_frame(j, counts, frame.image, label, peak_arrays(frame.peaks, settings.peak_list_min_photons),
                             frame.astar_bstar_cstar, q, water_scale=sim.thickness_factor(i))
+        _write_n_saturated(out.h5, saturated, settings.saturation)
         out.set_metadata(settings.photon_energy_ev, settings.clen_m, geometry.to_geom_text(),
                          attrs={"dataset": settings.name, "first_frame": frames.start, "shard": shard,
                                 "fingerprint": settings.fingerprint()})
@@ -95,20 +111,33 @@ def assemble_dataset(settings: DatasetSettings, shard_paths: Sequence[str | Path
     geometry = detector_geometry(settings)
     n_total = settings.frames + settings.n_empty
     background = read_dataset(water_path, BACKGROUND, ndim=2)
-    recorder = PhotonRecorder(background, settings.water, seed, settings.name)
+    recorder = PhotonRecorder(background, settings.water, seed, settings.name, settings.saturation)
+    saturated = np.zeros(n_total, dtype=np.uint32)
     with FrameStackWriter(frames_output, n_total, geometry.shape, settings.max_peaks) as out:
         i = 0
         for shard, path in enumerate(shard_paths):
             with open_h5(path) as src:
                 _check_shard(src, path, settings, shard)
-                for j in range(src["/entry/data/data"].shape[0]):
+                n_frames = src["/entry/data/data"].shape[0]
+                if i + n_frames > settings.frames:
+                    raise ValidationError(f"{frames_output}: shards hold more than the {settings.frames} frames "
+                                          "the config asks for")
+                if N_SATURATED in src:
+                    saturated[i:i + n_frames] = src[N_SATURATED][()]
+                else:      # a shard written before n_saturated was stored: count its frames
+                    saturated[i:i + n_frames] = [recorder.n_saturated(src["/entry/data/data"][j])
+                                                 for j in range(n_frames)]
+                for j in range(n_frames):
                     out.copy_frame(src, j, i)
                     i += 1
         if i != settings.frames:
             raise ValidationError(f"{frames_output}: shards hold {i} frames, the config asks for {settings.frames}")
         for k in range(settings.n_empty):
-            out.write_frame(settings.frames + k, recorder.record(k, None, empty=True), None, None,
+            counts = recorder.record(k, None, empty=True)
+            saturated[settings.frames + k] = recorder.n_saturated(counts)
+            out.write_frame(settings.frames + k, counts, None, None,
                             water_scale=recorder.thickness_factor(k, empty=True))
+        _write_n_saturated(out.h5, saturated, settings.saturation)
         out.set_metadata(settings.photon_energy_ev, settings.clen_m, geometry.to_geom_text(), background,
                          attrs={"dataset": settings.name, "flux": settings.flux, "n_empty": settings.n_empty,
                                 "fingerprint": settings.fingerprint()})
@@ -151,12 +180,14 @@ def validate_frames(h5: h5py.File, settings: DatasetSettings, path) -> None:
 
 
 def frames_manifest(h5: h5py.File, settings: DatasetSettings) -> pd.DataFrame:
-    """One row per frame: frame, has_peaks, n_peaks, photon_energy_ev, clen_m, flux, kind (overlay or empty)."""
+    """One row per frame: frame, has_peaks, n_peaks, photon_energy_ev, clen_m, flux, kind (overlay or empty),
+    n_saturated (pixels recorded at the saturation value)."""
     n = h5[HAS_PEAKS].shape[0]
     kind = np.where(np.arange(n) < settings.frames, "overlay", "empty")
     return pd.DataFrame({"frame": np.arange(n), "has_peaks": h5[HAS_PEAKS][()],
                          "n_peaks": h5[RESULT + "/nPeaks"][()], "photon_energy_ev": settings.photon_energy_ev,
-                         "clen_m": settings.clen_m, "flux": settings.flux, "kind": kind})
+                         "clen_m": settings.clen_m, "flux": settings.flux, "kind": kind,
+                         "n_saturated": h5[N_SATURATED][()]})
 
 
 def read_manifest(path: str | Path, dataset: str) -> pd.DataFrame:

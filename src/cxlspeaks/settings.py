@@ -17,6 +17,7 @@ from .geometry import Geometry, read_geometry, shipped_geometry
 from .simulate.beam import Beam
 from .simulate.bragg import CrystalSample
 from .simulate.engine import WaterSheet
+from .simulate.noise import EIGER4M_SATURATION_PHOTONS
 
 FLUX_LEVELS = ("normal", "low", "extreme")
 
@@ -51,6 +52,7 @@ class DatasetSettings:
     detector: str = "eiger4m"
     bragg_backend: str = "builtin"
     water_backend: str = "builtin"
+    saturation_photons: int | None = None   # None: the detector's (saturation_of_detector)
 
     @property
     def beam(self) -> Beam:
@@ -82,6 +84,13 @@ class DatasetSettings:
             raise ValueError(f"dataset {self.name} has shards 0..{self.n_shards - 1}, not {shard}")
         return range(shard * self.frames_per_shard, min(self.frames, (shard + 1) * self.frames_per_shard))
 
+    @property
+    def saturation(self) -> int:
+        """Counts per pixel at which frames saturate: ``saturation_photons``, or the detector's own value."""
+        if self.saturation_photons is not None:
+            return int(self.saturation_photons)
+        return saturation_of_detector(self.detector)
+
     def geometry(self, repo_root: str | Path = ".") -> Geometry:
         """The detector at this dataset's camera length, carrying its photon energy and bandwidth."""
         if self.detector in ("eiger4m", "source_single_panel", "tiny"):
@@ -96,6 +105,14 @@ class DatasetSettings:
     def fingerprint(self) -> str:
         """A short hash of the settings (stored in files, so stale shards are recognised)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def saturation_of_detector(detector: str) -> int:
+    """A detector's saturation value (counts per pixel per frame). The shipped detectors (eiger4m, the source's
+    single Eiger panel, the tiny test detector binned from it) and geometry files default to the Eiger 4M count
+    cut-off, :data:`~cxlspeaks.simulate.noise.EIGER4M_SATURATION_PHOTONS` (an assumption: see simulate/noise.py);
+    set ``saturation_photons`` for another detector."""
+    return EIGER4M_SATURATION_PHOTONS
 
 
 def dataset_settings(config: dict, name: str) -> DatasetSettings:

@@ -15,7 +15,7 @@ from ..geometry import Geometry
 from ..seeding import frame_rng
 from .beam import Beam
 from .bragg import BraggFrame, BraggSimulator, CrystalSample
-from .noise import PoissonImage, add_poisson_counts
+from .noise import EIGER4M_SATURATION_PHOTONS, PoissonImage, add_poisson_counts, check_saturation, n_saturated
 from .water import thickness_scale, water_intensity
 
 BRAGG_BACKENDS = ("builtin", "pattern_sim")
@@ -44,12 +44,15 @@ def expected_water(geometry: Geometry, beam: Beam, water: WaterSheet = WaterShee
 
 
 class PhotonRecorder:
-    """Records one dataset's frames: Poisson(signal + thickness factor * water), one random stream per frame."""
+    """Records one dataset's frames: Poisson(signal + thickness factor * water), one random stream per frame,
+    cut off at ``saturation_photons`` (the detector's count cut-off; default the Eiger 4M's,
+    :data:`~cxlspeaks.simulate.noise.EIGER4M_SATURATION_PHOTONS`): saturated pixels record exactly that value."""
 
     def __init__(self, background: np.ndarray, water: WaterSheet = WaterSheet(), seed: int = 0,
-                 dataset: str = "default"):
+                 dataset: str = "default", saturation_photons: int = EIGER4M_SATURATION_PHOTONS):
         self.background = np.asarray(background, dtype=np.float32)
         self.water, self.seed, self.dataset = water, seed, dataset
+        self.saturation_photons = check_saturation(saturation_photons)
         self._sampler = PoissonImage(self.background)
 
     def thickness_factor(self, frame_index: int, empty: bool = False) -> float:
@@ -58,17 +61,21 @@ class PhotonRecorder:
         return thickness_scale(rng, self.water.thickness_jitter)
 
     def record(self, frame_index: int, signal_image: np.ndarray | None, empty: bool = False) -> np.ndarray:
-        """Recorded counts (uint32): Poisson(signal + thickness factor * water); ``signal_image=None`` records
-        water alone.
+        """Recorded counts (uint32): Poisson(signal + thickness factor * water), cut off at the saturation
+        value; ``signal_image=None`` records water alone.
 
         ``empty=True`` draws from the streams of "empty" (background-only) frames, so an empty frame never
         shares a draw with the overlay of the same index.
         """
         rng = frame_rng(self.seed, self.dataset, frame_index, "empty_noise" if empty else "noise")
-        counts = self._sampler.draw(rng, self.thickness_factor(frame_index, empty))
+        counts = self._sampler.draw(rng, self.thickness_factor(frame_index, empty), self.saturation_photons)
         if signal_image is not None:
-            add_poisson_counts(counts, signal_image, rng)
+            add_poisson_counts(counts, signal_image, rng, self.saturation_photons)
         return counts
+
+    def n_saturated(self, counts: np.ndarray) -> int:
+        """Pixels of recorded ``counts`` at the saturation value."""
+        return n_saturated(counts, self.saturation_photons)
 
 
 class FrameSimulator:
@@ -77,8 +84,9 @@ class FrameSimulator:
     def __init__(self, geometry: Geometry, crystal: Crystal, beam: Beam, sample: CrystalSample = CrystalSample(),
                  water: WaterSheet = WaterSheet(), seed: int = 0, dataset: str = "default",
                  spot_sigma_px: float = 0.5, bragg_backend: str = "builtin", water_backend: str = "builtin",
-                 background: np.ndarray | None = None):
-        """``background``: a precomputed expected water image (e.g. the dataset's water file) to use as is."""
+                 background: np.ndarray | None = None, saturation_photons: int = EIGER4M_SATURATION_PHOTONS):
+        """``background``: a precomputed expected water image (e.g. the dataset's water file) to use as is;
+        ``saturation_photons``: the detector's count cut-off (see :class:`PhotonRecorder`)."""
         self.geometry, self.crystal, self.beam, self.sample, self.water = geometry, crystal, beam, sample, water
         self.seed, self.dataset = seed, dataset
         self.builtin = BraggSimulator(geometry, crystal, beam, sample, spot_sigma_px=spot_sigma_px)
@@ -96,7 +104,7 @@ class FrameSimulator:
             self.background = np.asarray(background, dtype=np.float32)
         else:
             self.background = expected_water(geometry, beam, water, water_backend)
-        self.recorder = PhotonRecorder(self.background, water, seed, dataset)
+        self.recorder = PhotonRecorder(self.background, water, seed, dataset, saturation_photons)
 
     def orientation(self, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
         """(CrystFEL quaternion w x y z, lab reciprocal axes 3 x 3 in 1/m) of a frame, uniform on SO(3)."""
@@ -117,3 +125,7 @@ class FrameSimulator:
     def record(self, frame_index: int, signal_image: np.ndarray | None, empty: bool = False) -> np.ndarray:
         """Recorded counts of a frame (see :meth:`PhotonRecorder.record`)."""
         return self.recorder.record(frame_index, signal_image, empty)
+
+    def n_saturated(self, counts: np.ndarray) -> int:
+        """Pixels of recorded ``counts`` at the saturation value."""
+        return self.recorder.n_saturated(counts)
