@@ -26,6 +26,8 @@ from conftest import REPO
 BITSHUFFLE_FILTER_ID = 32008
 BITSHUFFLE_LZ4 = 2  # the filter's 5th parameter: 2 = LZ4 compression after the bit shuffle
 STAGES = ("reflections", "water", "simulate_shard", "assemble", "geometry", "split")
+# config/test.yaml writes to its own folder (results/test), so the tiny run never touches a default run's results
+TINY_RESULTS = yaml.safe_load((REPO / "config" / "test.yaml").read_text())["results_dir"]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -78,11 +80,11 @@ def test_lint_finds_nothing_to_fix():
 def test_contract_files_have_the_stated_layout(test_run):
     workdir, config = test_run
     for name, entry in config["datasets"].items():
-        frames = workdir / "results" / "datasets" / name / "frames.h5"
+        frames = workdir / TINY_RESULTS / "datasets" / name / "frames.h5"
         n_crystal = config["defaults"]["frames"]
         n_empty = round(n_crystal * config["defaults"]["empty_percent"] / 100)
         n = n_crystal + n_empty
-        geometry = read_geometry(workdir / "results" / "datasets" / name / "detector.geom")
+        geometry = read_geometry(workdir / TINY_RESULTS / "datasets" / name / "detector.geom")
         shape = geometry.shape
         assert geometry.panels[0].data == "/entry/data/data" and geometry.panels[0].dims[0] == "%"
         assert geometry.photon_energy_ev == entry["photon_energy_ev"] and geometry.clen_m == entry["clen_m"]
@@ -119,7 +121,7 @@ def test_contract_files_have_the_stated_layout(test_run):
                 k = n_peaks[i]
                 assert k > 0 and ((-0.5 <= xs[i, :k]) & (xs[i, :k] < shape[1] - 0.5)).all()  # raw convention
                 assert (h5["/entry_1/result_1/peakTotalIntensity"][i, :k] >= 1.0).all()
-        manifest = pd.read_csv(workdir / "results" / "datasets" / name / "manifest.csv")
+        manifest = pd.read_csv(workdir / TINY_RESULTS / "datasets" / name / "manifest.csv")
         assert list(manifest.columns[:5]) == ["frame", "has_peaks", "n_peaks", "photon_energy_ev", "clen_m"]
         assert len(manifest) == n and manifest["n_peaks"].tolist() == n_peaks.tolist()
         assert (manifest["flux"] == entry.get("flux", "normal")).all()
@@ -130,7 +132,7 @@ def test_empty_frames_are_all_different_and_differ_from_overlays(test_run):
     n_crystal = config["defaults"]["frames"]
     frames = []
     for name in config["datasets"]:
-        with h5py.File(workdir / "results" / "datasets" / name / "frames.h5") as h5:
+        with h5py.File(workdir / TINY_RESULTS / "datasets" / name / "frames.h5") as h5:
             data = h5["/entry/data/data"][()]
         frames += [(name, i, data[i].tobytes(), i >= n_crystal) for i in range(len(data))]
     empties = [f for f in frames if f[3]]
@@ -144,16 +146,16 @@ def test_empty_frames_are_all_different_and_differ_from_overlays(test_run):
 
 def test_split_is_80_20_per_stratum_and_reproducible(test_run):
     workdir, config = test_run
-    split = pd.read_csv(workdir / "results" / "splits" / "all.csv", dtype={"dataset": str})
+    split = pd.read_csv(workdir / TINY_RESULTS / "splits" / "all.csv", dtype={"dataset": str})
     assert list(split.columns) == ["dataset", "frame", "subset"]
-    manifests = pd.concat([pd.read_csv(workdir / "results" / "datasets" / d / "manifest.csv").assign(dataset=d)
-                           for d in config["datasets"]])
+    manifests = pd.concat([pd.read_csv(workdir / TINY_RESULTS / "datasets" / d / "manifest.csv")
+                           .assign(dataset=d) for d in config["datasets"]])
     merged = split.merge(manifests, on=["dataset", "frame"], validate="one_to_one")
     assert len(merged) == len(manifests)
     for _, group in merged.groupby(["dataset", "has_peaks"]):
         n_test = (group["subset"] == "test").sum()
         assert abs(n_test - 0.2 * len(group)) <= 1
-    lowflux = pd.read_csv(workdir / "results" / "splits" / "lowflux.csv", dtype={"dataset": str})
+    lowflux = pd.read_csv(workdir / TINY_RESULTS / "splits" / "lowflux.csv", dtype={"dataset": str})
     assert set(lowflux["dataset"]) == {"extreme"}
     # the same seed gives the same split
     from cxlspeaks.dataset import stratified_split
@@ -169,7 +171,7 @@ def test_changing_one_dataset_reruns_only_its_jobs(test_run, tmp_path):
     changed["datasets"]["02"]["n_photons"] = 1.0e8
     path = workdir / "changed.yaml"
     path.write_text(yaml.safe_dump(changed))
-    target = "results/datasets/02/frames.h5"
+    target = f"{TINY_RESULTS}/datasets/02/frames.h5"
     result = snakemake(workdir, "--configfile", str(path), "-n", target)
     out = result.stdout + result.stderr
     counts = job_counts(out)
@@ -211,7 +213,8 @@ def test_a_killed_simulation_job_leaves_no_trusted_file(tmp_path):
     """Kill snakemake and its job mid-shard: the shard's final path never appears, and a rerun redoes it."""
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     config["defaults"].update(frames=400, frames_per_shard=400, detector="source_single_panel")
-    config["datasets"] = {"01": config["datasets"]["01"]}
+    # two datasets, so the photon-energy and camera-length classifiers have two classes; only 01 is built
+    config["datasets"] = {name: config["datasets"][name] for name in ("01", "02")}
     config["splits"] = {"all": {}}
     config["training"]["attributes"] = {a: dict(config["training"]["attributes"][a], split="all")
                                         for a in ("hit", "photon_energy", "clen")}
@@ -219,9 +222,9 @@ def test_a_killed_simulation_job_leaves_no_trusted_file(tmp_path):
     path = tmp_path / "big.yaml"
     path.write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-           "--configfile", str(path), "--cores", "1", "results/datasets/01/frames.h5"]
+           "--configfile", str(path), "--cores", "1", f"{TINY_RESULTS}/datasets/01/frames.h5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    shard = tmp_path / "results" / "datasets" / "01" / "shards" / "0.h5"
+    shard = tmp_path / TINY_RESULTS / "datasets" / "01" / "shards" / "0.h5"
     deadline = time.time() + 300
     try:
         while not list(shard.parent.glob(".0.h5.*.part")) and time.time() < deadline and proc.poll() is None:
@@ -232,15 +235,15 @@ def test_a_killed_simulation_job_leaves_no_trusted_file(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not shard.exists()
-    assert not (tmp_path / "results" / "datasets" / "01" / "frames.h5").exists()
-    rerun = snakemake(tmp_path, "--configfile", str(path), "-n", "results/datasets/01/frames.h5")
+    assert not (tmp_path / TINY_RESULTS / "datasets" / "01" / "frames.h5").exists()
+    rerun = snakemake(tmp_path, "--configfile", str(path), "-n", f"{TINY_RESULTS}/datasets/01/frames.h5")
     assert job_counts(rerun.stdout + rerun.stderr)["simulate_shard"] == 1
 
 
 # ---------------------------------------------------------------------- models, reports and the pipeline
 def test_reports_hold_every_attribute_with_the_oracle(test_run):
     workdir, config = test_run
-    reports = workdir / "results" / "reports"
+    reports = workdir / TINY_RESULTS / "reports"
     for attribute in config["training"]["attributes"]:
         for name in ("confusion_matrix.csv", "confusion_matrix.png", "metrics.json", "loss.png", "accuracy.png",
                      "roc.png"):
@@ -255,7 +258,7 @@ def test_reports_hold_every_attribute_with_the_oracle(test_run):
     for attribute in config["training"]["attributes"]:
         assert f"{attribute}/confusion_matrix.png" in index
     assert "Pipeline on the test frames" in index
-    history = pd.read_csv(workdir / "results" / "models" / "hit" / "history.csv")
+    history = pd.read_csv(workdir / TINY_RESULTS / "models" / "hit" / "history.csv")
     assert len(history) == config["training"]["attributes"]["hit"]["epochs"]
 
 
@@ -265,8 +268,8 @@ def cxlspeaks_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_pipeline_command_scores_a_frames_file(test_run, tmp_path):
     workdir, config = test_run
-    models = workdir / "results" / "models"
-    frames = workdir / "results" / "datasets" / "01" / "frames.h5"
+    models = workdir / TINY_RESULTS / "models"
+    frames = workdir / TINY_RESULTS / "datasets" / "01" / "frames.h5"
     out = tmp_path / "scored.csv"
     result = cxlspeaks_cli("run", str(frames), "--models", str(models), "-o", str(out))
     assert result.returncode == 0, result.stderr
@@ -280,12 +283,13 @@ def test_pipeline_command_scores_a_frames_file(test_run, tmp_path):
     with h5py.File(frames) as src, h5py.File(plain, "w") as dst:
         dst["/entry/data/data"] = src["/entry/data/data"][()]
     again = tmp_path / "plain.csv"
-    geom = workdir / "results" / "datasets" / "01" / "detector.geom"
+    geom = workdir / TINY_RESULTS / "datasets" / "01" / "detector.geom"
     result = cxlspeaks_cli("run", str(plain), "--models", str(models), "--geometry", str(geom), "-o", str(again))
     assert result.returncode == 0, result.stderr
     pd.testing.assert_frame_equal(pd.read_csv(again), table)
-    summary = pd.read_csv(workdir / "results" / "pipeline" / "summary.csv")
-    assert summary.loc[0, "frames"] == len(pd.read_csv(workdir / "results" / "pipeline" / "test_predictions.csv"))
+    summary = pd.read_csv(workdir / TINY_RESULTS / "pipeline" / "summary.csv")
+    predictions = pd.read_csv(workdir / TINY_RESULTS / "pipeline" / "test_predictions.csv")
+    assert summary.loc[0, "frames"] == len(predictions)
 
 
 def test_pipeline_command_writes_crystfel_peak_files_for_the_hits(test_run, tmp_path):
@@ -294,8 +298,8 @@ def test_pipeline_command_writes_crystfel_peak_files_for_the_hits(test_run, tmp_
     from cxlspeaks.peaknet import NetworkPeakFinder
 
     workdir, _ = test_run
-    models = workdir / "results" / "models"
-    frames = workdir / "results" / "datasets" / "01" / "frames.h5"
+    models = workdir / TINY_RESULTS / "models"
+    frames = workdir / TINY_RESULTS / "datasets" / "01" / "frames.h5"
     out, cxi = tmp_path / "scored.csv", tmp_path / "out" / "peaks.cxi"
     result = cxlspeaks_cli("run", str(frames), "--models", str(models), "-o", str(out), "--cxi", str(cxi))
     assert result.returncode == 0, result.stderr
@@ -323,7 +327,7 @@ def test_pipeline_command_writes_crystfel_peak_files_for_the_hits(test_run, tmp_
 
 def test_peak_report_compares_every_finder_per_flux_level(test_run):
     workdir, config = test_run
-    reports = workdir / "results" / "reports"
+    reports = workdir / TINY_RESULTS / "reports"
     table = pd.read_csv(reports / "peaks" / "metrics.csv")
     finders = {"network", "peakfinder8", "peakfinder8_crystfel", "paper_heatmap"}
     assert set(table["finder"]) == finders
@@ -341,7 +345,8 @@ def test_peak_report_compares_every_finder_per_flux_level(test_run):
         assert (reports / "peaks" / name).stat().st_size > 0
     assert json.loads((reports / "peaks" / "metrics.json").read_text())[0]["finder"] in finders
     # every finder ran on the same test frames of the split
-    split = pd.read_csv(workdir / "results" / "splits" / f"{config['peaks']['split']}.csv", dtype={"dataset": str})
+    split = pd.read_csv(workdir / TINY_RESULTS / "splits" / f"{config['peaks']['split']}.csv",
+                        dtype={"dataset": str})
     n_test = int((split["subset"] == "test").sum())
     assert table.groupby("finder")["n_frames"].sum().eq(n_test * 3).all()
     assert "Peak finding" in (reports / "index.html").read_text()
@@ -349,14 +354,14 @@ def test_peak_report_compares_every_finder_per_flux_level(test_run):
 
 def test_pipeline_command_rejects_bad_input_with_exit_code_2(test_run, tmp_path):
     workdir, _ = test_run
-    models = workdir / "results" / "models"
-    frames = workdir / "results" / "datasets" / "01" / "frames.h5"
+    models = workdir / TINY_RESULTS / "models"
+    frames = workdir / TINY_RESULTS / "datasets" / "01" / "frames.h5"
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(frames.read_bytes()[: frames.stat().st_size // 2])
     misshaped = tmp_path / "misshaped.h5"
     with h5py.File(misshaped, "w") as h5:
         h5["/entry/data/data"] = np.zeros((2, 30, 40), np.uint32)
-    geom = workdir / "results" / "datasets" / "01" / "detector.geom"
+    geom = workdir / TINY_RESULTS / "datasets" / "01" / "detector.geom"
     cases = [
         (["run", str(tmp_path / "missing.h5"), "--models", str(models)], "file not found"),
         (["run", str(truncated), "--models", str(models)], str(truncated)),

@@ -8,14 +8,16 @@ localrules:
 
 
 rule geometry:
+    input:
+        detector=detector_input,
     output:
-        "results/datasets/{dataset}/detector.geom",
+        res("datasets/{dataset}/detector.geom"),
     params:
         settings=settings_of,
     log:
-        "results/logs/geometry/{dataset}.log",
+        res("logs/geometry/{dataset}.log"),
     benchmark:
-        "results/benchmarks/geometry/{dataset}.tsv"
+        res("benchmarks/geometry/{dataset}.tsv")
     conda:
         "../../envs/simulation.yaml"
     script:
@@ -25,17 +27,18 @@ rule geometry:
 rule assemble:
     input:
         shards=shard_files,
-        water="results/datasets/{dataset}/water.h5",
+        water=res("datasets/{dataset}/water.h5"),
+        detector=detector_input,
     output:
-        frames="results/datasets/{dataset}/frames.h5",
-        manifest="results/datasets/{dataset}/manifest.csv",
+        frames=res("datasets/{dataset}/frames.h5"),
+        manifest=res("datasets/{dataset}/manifest.csv"),
     params:
         settings=settings_of,
         seed=config["seed"],
     log:
-        "results/logs/assemble/{dataset}.log",
+        res("logs/assemble/{dataset}.log"),
     benchmark:
-        "results/benchmarks/assemble/{dataset}.tsv"
+        res("benchmarks/assemble/{dataset}.tsv")
     threads: 1
     resources:
         mem_mb=4000,
@@ -50,15 +53,15 @@ rule split:
     input:
         unpack(lambda wildcards: {"manifests": list(manifests_of_split(wildcards).values())}),
     output:
-        "results/splits/{split}.csv",
+        res("splits/{split}.csv"),
     params:
         datasets=lambda wildcards: list(manifests_of_split(wildcards)),
         selection=lambda wildcards: canonical(config["splits"][wildcards.split]),
         seed=config["seed"],
     log:
-        "results/logs/split/{split}.log",
+        res("logs/split/{split}.log"),
     benchmark:
-        "results/benchmarks/split/{split}.tsv"
+        res("benchmarks/split/{split}.tsv")
     conda:
         "../../envs/simulation.yaml"
     script:

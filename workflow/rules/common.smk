@@ -3,15 +3,11 @@ from pathlib import Path
 import re
 import sys
 
-import jsonschema
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
-
 # Config checks use the package of this checkout; the jobs' scripts import the installed package
 # (`pip install -e .`, or the conda environments in envs/).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from cxlspeaks.settings import dataset_settings  # noqa: E402
+from cxlspeaks import config_checks  # noqa: E402
 
 
 def config_error(message):
@@ -19,39 +15,34 @@ def config_error(message):
     sys.exit(f"config error: {message}")
 
 
+# Every check before any job (src/cxlspeaks/config_checks.py): the files as written (duplicate keys), the raw
+# values (NaN, inf, 6.0 for an integer), the schema, then what the schema cannot say (ranges that depend on the
+# detector, attribute names, model/target/loss, classes and test frames of every split).
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 try:
-    validate(config, "../schemas/config.schema.yaml")
-except WorkflowError as exc:
-    cause = exc.__cause__ or exc.__context__  # the jsonschema error that validate() wrapped
-    if not isinstance(cause, jsonschema.ValidationError):
-        raise
-    key = ".".join(str(part) for part in cause.absolute_path) or "(top level)"
-    config_error(f"{key}: {cause.message}")
+    SETTINGS = config_checks.check_config(config, SCHEMA, workflow.configfiles, workflow.basedir,
+                                          config_checks.snakemake_fill_defaults(SCHEMA))
+except config_checks.ConfigError as exc:
+    config_error(exc)
+except ValueError as exc:  # a settings value the simulator's classes refuse
+    config_error(exc)
 
 DATASETS = list(config["datasets"])
 SPLITS = list(config["splits"])
+RESULTS = config["results_dir"].rstrip("/")
 
-try:
-    SETTINGS = {name: dataset_settings(config, name) for name in DATASETS}
-    for name, settings in SETTINGS.items():
-        needed = settings.geometry(workflow.basedir).d_min_A(settings.photon_energy_ev, settings.bandwidth)
-        if config["structure"]["d_min_A"] > needed and not settings.bragg_backend == "pattern_sim":
-            config_error(
-                f"structure.d_min_A: {config['structure']['d_min_A']} A is coarser than dataset {name} needs "
-                f"({needed:.3f} A reaches its detector corner)"
-            )
-except (KeyError, ValueError) as exc:
-    config_error(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
 
-for split_name, split in config["splits"].items():
-    for dataset in split["datasets"]:
-        if dataset not in SETTINGS:
-            config_error(f"splits.{split_name}.datasets: no dataset {dataset!r} in datasets")
+def res(path):
+    """``path`` under the run's results folder (config ``results_dir``: results, results/test for the tiny run)."""
+    return f"{RESULTS}/{path}"
 
-structure_file = config["structure"]["file"]
-if structure_file is not None and not config["structure"]["synthetic"]:
-    if not Path(structure_file).is_file():
-        config_error(f"structure.file: {structure_file} does not exist")
+
+def detector_input(wildcards):
+    """A dataset's CrystFEL geometry file when its ``detector`` names one, so that editing the file reruns it."""
+    detector = SETTINGS[wildcards.dataset].detector
+    if config_checks.custom_detector(detector):
+        return str(Path(workflow.basedir) / detector)
+    return []
 
 
 wildcard_constraints:
@@ -81,17 +72,17 @@ def settings_of(wildcards):
 
 def shard_files(wildcards):
     n = SETTINGS[wildcards.dataset].n_shards
-    return [f"results/datasets/{wildcards.dataset}/shards/{shard}.h5" for shard in range(n)]
+    return [res(f"datasets/{wildcards.dataset}/shards/{shard}.h5") for shard in range(n)]
 
 
 def manifests_of_split(wildcards):
     chosen = config["splits"][wildcards.split]["datasets"] or DATASETS
-    return {d: f"results/datasets/{d}/manifest.csv" for d in chosen}
+    return {d: res(f"datasets/{d}/manifest.csv") for d in chosen}
 
 
 def all_dataset_outputs():
     return expand(
-        "results/datasets/{dataset}/{name}",
+        res("datasets/{dataset}/{name}"),
         dataset=DATASETS,
         name=["frames.h5", "detector.geom", "manifest.csv"],
     )
@@ -99,19 +90,7 @@ def all_dataset_outputs():
 
 # ---------------------------------------------------------------------- training and evaluation
 ATTRIBUTES = list(config["training"]["attributes"])
-BINARY_TARGET = "has_peaks"
-TARGET_PREFIXES = {"photon_energy": "photon_energy_ev", "clen": "clen_m"}
-
-for attribute, entry in config["training"]["attributes"].items():
-    if entry["split"] not in SPLITS:
-        config_error(f"training.attributes.{attribute}.split: no split {entry['split']!r} in splits")
-for key in ("hit", "photon_energy", "clen"):
-    if config["training"]["pipeline"][key] not in ATTRIBUTES:
-        config_error(f"training.pipeline.{key}: no attribute {config['training']['pipeline'][key]!r} in "
-                     "training.attributes")
-if config["training"]["pipeline"]["split"] not in SPLITS:
-    config_error(f"training.pipeline.split: no split {config['training']['pipeline']['split']!r} in splits")
-
+BINARY_TARGET = config_checks.BINARY_TARGET
 
 wildcard_constraints:
     attribute="|".join(re.escape(a) for a in ATTRIBUTES),
@@ -125,8 +104,7 @@ def split_datasets(split):
 def attribute_settings(wildcards):
     """An attribute's training settings; target and seed filled in from its name and the run's seed."""
     entry = dict(config["training"]["attributes"][wildcards.attribute])
-    prefix = next((p for p in TARGET_PREFIXES if wildcards.attribute.startswith(p)), None)
-    entry.setdefault("target", TARGET_PREFIXES.get(prefix, BINARY_TARGET))
+    entry["target"] = config_checks.attribute_target(wildcards.attribute, entry)
     entry.setdefault("seed", config["seed"])
     entry.setdefault("loss", "bce" if entry["target"] == BINARY_TARGET else "ce")
     return canonical({"attribute": wildcards.attribute, **entry})
@@ -135,17 +113,17 @@ def attribute_settings(wildcards):
 def training_inputs(wildcards):
     split = config["training"]["attributes"][wildcards.attribute]["split"]
     return {
-        "split": f"results/splits/{split}.csv",
-        "features": [f"results/features/{d}.h5" for d in split_datasets(split)],
+        "split": res(f"splits/{split}.csv"),
+        "features": [res(f"features/{d}.h5") for d in split_datasets(split)],
     }
 
 
 def split_frames_inputs(wildcards):
     datasets = split_datasets(wildcards.split)
     return {
-        "split": f"results/splits/{wildcards.split}.csv",
-        "frames": [f"results/datasets/{d}/frames.h5" for d in datasets],
-        "manifests": [f"results/datasets/{d}/manifest.csv" for d in datasets],
+        "split": res(f"splits/{wildcards.split}.csv"),
+        "frames": [res(f"datasets/{d}/frames.h5") for d in datasets],
+        "manifests": [res(f"datasets/{d}/manifest.csv") for d in datasets],
     }
 
 
@@ -153,13 +131,13 @@ def evaluation_inputs(wildcards):
     split = config["training"]["attributes"][wildcards.attribute]["split"]
     datasets = split_datasets(split)
     inputs = {
-        "checkpoint": f"results/models/{wildcards.attribute}/checkpoint.pt",
-        "split": f"results/splits/{split}.csv",
-        "features": [f"results/features/{d}.h5" for d in datasets],
-        "manifests": [f"results/datasets/{d}/manifest.csv" for d in datasets],
+        "checkpoint": res(f"models/{wildcards.attribute}/checkpoint.pt"),
+        "split": res(f"splits/{split}.csv"),
+        "features": [res(f"features/{d}.h5") for d in datasets],
+        "manifests": [res(f"datasets/{d}/manifest.csv") for d in datasets],
     }
     if attribute_settings(wildcards)["target"] == BINARY_TARGET:
-        inputs["oracle"] = f"results/oracle/{split}.csv"
+        inputs["oracle"] = res(f"oracle/{split}.csv")
     return inputs
 
 
@@ -167,10 +145,10 @@ def pipeline_inputs(wildcards):
     pipeline = config["training"]["pipeline"]
     datasets = split_datasets(pipeline["split"])
     return {
-        "checkpoints": [f"results/models/{pipeline[a]}/checkpoint.pt" for a in ("hit", "photon_energy", "clen")],
-        "split": f"results/splits/{pipeline['split']}.csv",
-        "frames": [f"results/datasets/{d}/frames.h5" for d in datasets],
-        "manifests": [f"results/datasets/{d}/manifest.csv" for d in datasets],
+        "checkpoints": [res(f"models/{pipeline[a]}/checkpoint.pt") for a in ("hit", "photon_energy", "clen")],
+        "split": res(f"splits/{pipeline['split']}.csv"),
+        "frames": [res(f"datasets/{d}/frames.h5") for d in datasets],
+        "manifests": [res(f"datasets/{d}/manifest.csv") for d in datasets],
     }
 
 
@@ -182,14 +160,9 @@ def dataset_names_of(paths):
 # ---------------------------------------------------------------------- peak finding
 PEAK_SPLIT = config["peaks"]["split"]
 PEAK_FINDERS = list(dict.fromkeys(config["peaks"]["finders"]))
-PEAK_CHECKPOINTS = {"network": "results/models/peaks/checkpoint.pt",
-                    "paper_heatmap": "results/models/paper_heatmap/checkpoint.pt"}
+PEAK_CHECKPOINTS = {"network": res("models/peaks/checkpoint.pt"),
+                    "paper_heatmap": res("models/paper_heatmap/checkpoint.pt")}
 
-if PEAK_SPLIT not in SPLITS:
-    config_error(f"peaks.split: no split {PEAK_SPLIT!r} in splits")
-for reserved in ("peaks", "paper_heatmap"):
-    if reserved in ATTRIBUTES:
-        config_error(f"training.attributes.{reserved}: the name is taken by the peak finders' models")
 if not PEAK_FINDERS:
     config_error("peaks.finders: name at least one finder")
 network = config["peaks"]["network"]
@@ -204,8 +177,8 @@ wildcard_constraints:
 def peak_frames_inputs(wildcards=None):
     datasets = split_datasets(PEAK_SPLIT)
     return {
-        "split": f"results/splits/{PEAK_SPLIT}.csv",
-        "frames": [f"results/datasets/{d}/frames.h5" for d in datasets],
+        "split": res(f"splits/{PEAK_SPLIT}.csv"),
+        "frames": [res(f"datasets/{d}/frames.h5") for d in datasets],
     }
 
 
@@ -220,7 +193,7 @@ def peak_report_inputs(wildcards):
     datasets = split_datasets(PEAK_SPLIT)
     return {
         **peak_frames_inputs(),
-        "manifests": [f"results/datasets/{d}/manifest.csv" for d in datasets],
-        "peaks": [f"results/peaks/{f}/peaks.csv" for f in PEAK_FINDERS],
-        "timings": [f"results/peaks/{f}/timing.json" for f in PEAK_FINDERS],
+        "manifests": [res(f"datasets/{d}/manifest.csv") for d in datasets],
+        "peaks": [res(f"peaks/{f}/peaks.csv") for f in PEAK_FINDERS],
+        "timings": [res(f"peaks/{f}/timing.json") for f in PEAK_FINDERS],
     }

@@ -6,16 +6,16 @@ rule train_peaks:
     input:
         unpack(peak_frames_inputs),
     output:
-        checkpoint="results/models/peaks/checkpoint.pt",
-        history="results/models/peaks/history.csv",
+        checkpoint=res("models/peaks/checkpoint.pt"),
+        history=res("models/peaks/history.csv"),
     params:
         settings=canonical({**config["peaks"]["network"], "match_radius_px": config["peaks"]["match_radius_px"],
                             "seed": config["seed"]}),
         datasets=lambda wildcards, input: dataset_names_of(input.frames),
     log:
-        "results/logs/train_peaks.log",
+        res("logs/train_peaks.log"),
     benchmark:
-        "results/benchmarks/train_peaks.tsv"
+        res("benchmarks/train_peaks.tsv")
     threads: config["peaks"]["threads"]
     resources:
         gpu=1,
@@ -31,15 +31,15 @@ rule train_paper_heatmap:
     input:
         unpack(peak_frames_inputs),
     output:
-        checkpoint="results/models/paper_heatmap/checkpoint.pt",
-        history="results/models/paper_heatmap/history.csv",
+        checkpoint=res("models/paper_heatmap/checkpoint.pt"),
+        history=res("models/paper_heatmap/history.csv"),
     params:
         settings=canonical({**config["peaks"]["paper_heatmap"], "seed": config["seed"]}),
         datasets=lambda wildcards, input: dataset_names_of(input.frames),
     log:
-        "results/logs/train_paper_heatmap.log",
+        res("logs/train_paper_heatmap.log"),
     benchmark:
-        "results/benchmarks/train_paper_heatmap.tsv"
+        res("benchmarks/train_paper_heatmap.tsv")
     threads: config["peaks"]["threads"]
     resources:
         gpu=1,
@@ -55,15 +55,15 @@ rule find_peaks:
     input:
         unpack(find_peaks_inputs),
     output:
-        peaks="results/peaks/{finder}/peaks.csv",
-        timing="results/peaks/{finder}/timing.json",
+        peaks=res("peaks/{finder}/peaks.csv"),
+        timing=res("peaks/{finder}/timing.json"),
     params:
         peakfinder8=config["peaks"]["peakfinder8"],
         datasets=lambda wildcards, input: dataset_names_of(input.frames),
     log:
-        "results/logs/find_peaks/{finder}.log",
+        res("logs/find_peaks/{finder}.log"),
     benchmark:
-        "results/benchmarks/find_peaks/{finder}.tsv"
+        res("benchmarks/find_peaks/{finder}.tsv")
     threads: 1
     resources:
         mem_mb=4000,
@@ -78,12 +78,12 @@ rule peak_report:
     input:
         unpack(peak_report_inputs),
     output:
-        metrics=report("results/reports/peaks/metrics.csv", category="peaks", caption="../report/peaks.rst"),
-        metrics_json="results/reports/peaks/metrics.json",
-        recall="results/reports/peaks/recall_by_photons.csv",
-        recall_png=report("results/reports/peaks/recall_vs_photons.png", category="peaks",
+        metrics=report(res("reports/peaks/metrics.csv"), category="peaks", caption="../report/peaks.rst"),
+        metrics_json=res("reports/peaks/metrics.json"),
+        recall=res("reports/peaks/recall_by_photons.csv"),
+        recall_png=report(res("reports/peaks/recall_vs_photons.png"), category="peaks",
                           caption="../report/peaks.rst"),
-        examples=report("results/reports/peaks/examples.png", category="peaks", caption="../report/peaks.rst"),
+        examples=report(res("reports/peaks/examples.png"), category="peaks", caption="../report/peaks.rst"),
     params:
         finders=PEAK_FINDERS,
         datasets=lambda wildcards, input: dataset_names_of(input.frames),
@@ -91,9 +91,9 @@ rule peak_report:
         examples=config["peaks"]["examples"],
         seed=config["seed"],
     log:
-        "results/logs/peak_report.log",
+        res("logs/peak_report.log"),
     benchmark:
-        "results/benchmarks/peak_report.tsv"
+        res("benchmarks/peak_report.tsv")
     threads: 1
     resources:
         mem_mb=4000,

@@ -2,14 +2,16 @@
 
 
 rule water:
+    input:
+        detector=detector_input,
     output:
-        "results/datasets/{dataset}/water.h5",
+        res("datasets/{dataset}/water.h5"),
     params:
         settings=settings_of,
     log:
-        "results/logs/water/{dataset}.log",
+        res("logs/water/{dataset}.log"),
     benchmark:
-        "results/benchmarks/water/{dataset}.tsv"
+        res("benchmarks/water/{dataset}.tsv")
     threads: 1
     resources:
         mem_mb=4000,
@@ -22,17 +24,18 @@ rule water:
 
 rule simulate_shard:
     input:
-        reflections="results/structure/reflections.h5",
-        water="results/datasets/{dataset}/water.h5",
+        reflections=res("structure/reflections.h5"),
+        water=res("datasets/{dataset}/water.h5"),
+        detector=detector_input,
     output:
-        temp("results/datasets/{dataset}/shards/{shard}.h5"),
+        temp(res("datasets/{dataset}/shards/{shard}.h5")),
     params:
         settings=settings_of,
         seed=config["seed"],
     log:
-        "results/logs/simulate_shard/{dataset}/{shard}.log",
+        res("logs/simulate_shard/{dataset}/{shard}.log"),
     benchmark:
-        "results/benchmarks/simulate_shard/{dataset}/{shard}.tsv"
+        res("benchmarks/simulate_shard/{dataset}/{shard}.tsv")
     threads: 1
     resources:
         mem_mb=4000,

@@ -11,9 +11,9 @@ rule download_structure:
     params:
         pdb_id=lambda wildcards: wildcards.pdb_id,
     log:
-        "results/logs/download_structure/{pdb_id}.log",
+        res("logs/download_structure/{pdb_id}.log"),
     benchmark:
-        "results/benchmarks/download_structure/{pdb_id}.tsv"
+        res("benchmarks/download_structure/{pdb_id}.tsv")
     conda:
         "../../envs/simulation.yaml"
     script:
@@ -24,13 +24,13 @@ rule reflections:
     input:
         structure=structure_input,
     output:
-        "results/structure/reflections.h5",
+        res("structure/reflections.h5"),
     params:
         structure=canonical(config["structure"]),
     log:
-        "results/logs/reflections.log",
+        res("logs/reflections.log"),
     benchmark:
-        "results/benchmarks/reflections.tsv"
+        res("benchmarks/reflections.tsv")
     threads: 1
     resources:
         mem_mb=4000,

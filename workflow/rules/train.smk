@@ -8,15 +8,15 @@ localrules:
 
 rule features:
     input:
-        "results/datasets/{dataset}/frames.h5",
+        res("datasets/{dataset}/frames.h5"),
     output:
-        "results/features/{dataset}.h5",
+        res("features/{dataset}.h5"),
     params:
         bin_factor=config["training"]["bin_factor"],
     log:
-        "results/logs/features/{dataset}.log",
+        res("logs/features/{dataset}.log"),
     benchmark:
-        "results/benchmarks/features/{dataset}.tsv"
+        res("benchmarks/features/{dataset}.tsv")
     threads: 1
     resources:
         mem_mb=4000,
@@ -31,15 +31,15 @@ rule train:
     input:
         unpack(training_inputs),
     output:
-        checkpoint="results/models/{attribute}/checkpoint.pt",
-        history="results/models/{attribute}/history.csv",
+        checkpoint=res("models/{attribute}/checkpoint.pt"),
+        history=res("models/{attribute}/history.csv"),
     params:
         settings=attribute_settings,
         datasets=lambda wildcards, input: dataset_names_of(input.features),
     log:
-        "results/logs/train/{attribute}.log",
+        res("logs/train/{attribute}.log"),
     benchmark:
-        "results/benchmarks/train/{attribute}.tsv"
+        res("benchmarks/train/{attribute}.tsv")
     threads: config["training"]["threads"]
     resources:
         gpu=1,
@@ -55,13 +55,13 @@ rule oracle:
     input:
         unpack(split_frames_inputs),
     output:
-        "results/oracle/{split}.csv",
+        res("oracle/{split}.csv"),
     params:
         datasets=lambda wildcards, input: dataset_names_of(input.frames),
     log:
-        "results/logs/oracle/{split}.log",
+        res("logs/oracle/{split}.log"),
     benchmark:
-        "results/benchmarks/oracle/{split}.tsv"
+        res("benchmarks/oracle/{split}.tsv")
     threads: 1
     resources:
         mem_mb=4000,
@@ -76,25 +76,25 @@ rule evaluate:
     input:
         unpack(evaluation_inputs),
     output:
-        matrix="results/reports/{attribute}/confusion_matrix.csv",
+        matrix=res("reports/{attribute}/confusion_matrix.csv"),
         matrix_png=report(
-            "results/reports/{attribute}/confusion_matrix.png",
+            res("reports/{attribute}/confusion_matrix.png"),
             category="{attribute}",
             caption="../report/confusion_matrix.rst",
         ),
-        metrics="results/reports/{attribute}/metrics.json",
-        predictions="results/reports/{attribute}/predictions.csv",
-        loss=report("results/reports/{attribute}/loss.png", category="{attribute}", caption="../report/curves.rst"),
+        metrics=res("reports/{attribute}/metrics.json"),
+        predictions=res("reports/{attribute}/predictions.csv"),
+        loss=report(res("reports/{attribute}/loss.png"), category="{attribute}", caption="../report/curves.rst"),
         accuracy=report(
-            "results/reports/{attribute}/accuracy.png", category="{attribute}", caption="../report/curves.rst"
+            res("reports/{attribute}/accuracy.png"), category="{attribute}", caption="../report/curves.rst"
         ),
-        roc=report("results/reports/{attribute}/roc.png", category="{attribute}", caption="../report/roc.rst"),
+        roc=report(res("reports/{attribute}/roc.png"), category="{attribute}", caption="../report/roc.rst"),
     params:
         datasets=lambda wildcards, input: dataset_names_of(input.features),
     log:
-        "results/logs/evaluate/{attribute}.log",
+        res("logs/evaluate/{attribute}.log"),
     benchmark:
-        "results/benchmarks/evaluate/{attribute}.tsv"
+        res("benchmarks/evaluate/{attribute}.tsv")
     threads: 1
     resources:
         mem_mb=8000,
@@ -109,15 +109,15 @@ rule pipeline_test:
     input:
         unpack(pipeline_inputs),
     output:
-        table=report("results/pipeline/test_predictions.csv", category="pipeline", caption="../report/pipeline.rst"),
-        summary=report("results/pipeline/summary.csv", category="pipeline", caption="../report/pipeline.rst"),
+        table=report(res("pipeline/test_predictions.csv"), category="pipeline", caption="../report/pipeline.rst"),
+        summary=report(res("pipeline/summary.csv"), category="pipeline", caption="../report/pipeline.rst"),
     params:
         threshold=config["training"]["pipeline"]["threshold"],
         datasets=lambda wildcards, input: dataset_names_of(input.frames),
     log:
-        "results/logs/pipeline_test.log",
+        res("logs/pipeline_test.log"),
     benchmark:
-        "results/benchmarks/pipeline_test.tsv"
+        res("benchmarks/pipeline_test.tsv")
     threads: 1
     resources:
         mem_mb=8000,
@@ -130,22 +130,22 @@ rule pipeline_test:
 
 rule report_index:
     input:
-        metrics=expand("results/reports/{attribute}/metrics.json", attribute=ATTRIBUTES),
-        pngs=expand("results/reports/{attribute}/{name}.png", attribute=ATTRIBUTES,
+        metrics=expand(res("reports/{attribute}/metrics.json"), attribute=ATTRIBUTES),
+        pngs=expand(res("reports/{attribute}/{name}.png"), attribute=ATTRIBUTES,
                     name=["confusion_matrix", "roc", "loss", "accuracy"]),
-        pipeline="results/pipeline/test_predictions.csv",
-        summary="results/pipeline/summary.csv",
-        peaks="results/reports/peaks/metrics.csv",
-        peak_pngs=["results/reports/peaks/recall_vs_photons.png", "results/reports/peaks/examples.png"],
+        pipeline=res("pipeline/test_predictions.csv"),
+        summary=res("pipeline/summary.csv"),
+        peaks=res("reports/peaks/metrics.csv"),
+        peak_pngs=[res("reports/peaks/recall_vs_photons.png"), res("reports/peaks/examples.png")],
     output:
-        "results/reports/index.html",
+        res("reports/index.html"),
     params:
         attributes=ATTRIBUTES,
         config=config,
     log:
-        "results/logs/report_index.log",
+        res("logs/report_index.log"),
     benchmark:
-        "results/benchmarks/report_index.tsv"
+        res("benchmarks/report_index.tsv")
     conda:
         "../../envs/training.yaml"
     script:
