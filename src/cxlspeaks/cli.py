@@ -1,12 +1,19 @@
 """The ``cxlspeaks`` command: run the trained models on a frames file.
 
-    cxlspeaks run FRAMES.h5 --models results/models -o predictions.csv [--cxi peaks.cxi] [--geometry detector.geom]
+    cxlspeaks run FRAMES.h5 --models results/models -o predictions.csv [--cxi peaks.cxi [--cell X.cell]]
+                  [--geometry detector.geom] [--quiet]
 
-With ``--cxi`` the hits' peaks (found by the peak network, MODELS/peaks/checkpoint.pt) are written for CrystFEL:
-peaks.cxi, peaks.lst (the hits) and peaks.geom, for ``indexamajig -i peaks.lst -g peaks.geom --peaks=cxi``.
+Output: the CSV goes to ``-o FILE``, or to standard output without ``-o`` or with ``-o -``. With ``--cxi`` the
+hits' peaks (found by the peak network, MODELS/peaks/checkpoint.pt) are written for CrystFEL: peaks.cxi,
+peaks.lst (the hits), peaks.geom and peaks.cell (a copy of ``--cell``, else the 1IC6 cell with a comment saying
+so), for ``indexamajig -i peaks.lst -g peaks.geom -p peaks.cell --peaks=cxi``. Missing output folders are
+created. A progress bar goes to standard error when it is a terminal (never with ``--quiet``).
 
-Exit codes: 0 success, 2 bad input (a missing, truncated or mis-shaped file, a checkpoint for another attribute),
-with one line on stderr naming the problem and the file.
+Exit codes: 0 success; 2 bad input, with exactly one line ``cxlspeaks: error: ...`` on stderr naming the problem
+and the file or option, before any frame is scored when it can be known then: bad options (``--threshold``
+outside (0, 1)), an output that is an input file or another output or cannot be written, a missing, truncated,
+mis-shaped, empty, bool/complex or (integer stack) negative frames file, a bad geometry (checked before the
+checkpoints), any unusable checkpoint (missing: with the Snakemake target that rebuilds it), NaN model outputs.
 """
 
 from __future__ import annotations
@@ -18,9 +25,38 @@ from pathlib import Path
 from . import __version__
 
 
+class UsageError(Exception):
+    """A command-line option argparse refuses (reported as one line, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability strictly between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cxlspeaks", description="CXLS Eiger frames: hits, photon energy, "
-                                     "camera length, Bragg peaks.")
+    parser = _Parser(prog="cxlspeaks", description="CXLS Eiger frames: hits, photon energy, camera length, Bragg "
+                     "peaks.")
     parser.add_argument("--version", action="version", version=f"cxlspeaks {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="score the frames of an HDF5 file (hit -> photon energy, camera length, "
@@ -33,35 +69,51 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"the {attribute} checkpoint (default MODELS/{attribute}/checkpoint.pt)")
     run.add_argument("--geometry", type=Path, default=None,
                      help="CrystFEL geometry of the detector (default: the geometry stored in the file)")
-    run.add_argument("--threshold", type=float, default=0.5, help="hit probability threshold (default 0.5)")
-    run.add_argument("-o", "--output", type=Path, default=None, help="CSV to write (default: standard output)")
+    run.add_argument("--threshold", type=_probability, default=0.5,
+                     help="hit probability threshold, in (0, 1) (default 0.5)")
+    run.add_argument("--batch-size", type=_positive_int, default=8, help="frames scored at once (default 8)")
+    run.add_argument("-o", "--output", type=Path, default=None,
+                     help="CSV to write ('-' or none: standard output)")
     run.add_argument("--cxi", type=Path, default=None,
-                     help="write the hits' peaks here (CXI), with the CrystFEL .lst and .geom beside it")
+                     help="write the hits' peaks here (CXI), with the CrystFEL .lst, .geom and .cell beside it")
+    run.add_argument("--cell", type=Path, default=None,
+                     help="CrystFEL unit cell file copied to the .cell beside --cxi (default: the 1IC6 cell)")
     run.add_argument("--no-peaks", action="store_true", help="skip peak finding (no peak network needed)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar on standard error")
     return parser
 
 
+def _error(message: str) -> int:
+    lines = [line for line in str(message).splitlines() if line.strip()]
+    print(f"cxlspeaks: error: {lines[0] if lines else message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as exc:
+        return _error(str(exc))
+    from .checkpoint import CheckpointError
     from .crystal import StructureError
     from .geometry import GeometryError
     from .io import DataFileError
-    from .pipeline import run_pipeline
-    from .train import CheckpointError
+    from .pipeline import RunArgumentError, run_pipeline
 
     attributes = ("hit", "photon_energy", "clen") + (() if args.no_peaks else ("peaks",))
     checkpoints = {a: getattr(args, f"{a}_checkpoint") or args.models / a / "checkpoint.pt" for a in attributes}
+    if args.no_peaks and args.cxi is not None:
+        return _error("--cxi needs peak finding; drop --no-peaks")
     try:
-        if args.no_peaks and args.cxi is not None:
-            raise ValueError("--cxi needs peak finding; drop --no-peaks")
         table = run_pipeline(args.frames, checkpoints, args.output, args.geometry, threshold=args.threshold,
-                             cxi_output=args.cxi)
-    except (DataFileError, CheckpointError, GeometryError, StructureError, ValueError, KeyError) as exc:
-        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        message = text.splitlines()[0] if text else type(exc).__name__
-        print(f"cxlspeaks: error: {message}", file=sys.stderr)
-        return 2
-    if args.output is None:
+                             batch_size=args.batch_size, cxi_output=args.cxi, cell_file=args.cell,
+                             progress=False if args.quiet else None)
+    except (DataFileError, CheckpointError, GeometryError, StructureError, RunArgumentError) as exc:
+        return _error(str(exc) or type(exc).__name__)
+    except OSError as exc:  # the disk, not the code: a write that failed after the checks (full, removed folder)
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(f"{where}{exc.strerror or exc}")
+    if args.output is None or str(args.output) == "-":
         table.to_csv(sys.stdout, index=False)
     return 0
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import h5py
 import numpy as np
 import pandas as pd
 
@@ -47,7 +48,11 @@ def panel_index(geometry: Geometry) -> np.ndarray:
 
 
 class FramesFile:
-    """An open frames file: ``read(i)`` returns frame i as float32 (ss, fs), checked against the detector."""
+    """An open frames file: ``read(i)`` returns frame i as float32 (ss, fs), checked against the detector.
+
+    Raises :class:`DataFileError` for a missing/corrupt file, no /entry/data/data, a stack that is not integer
+    or float numbers (bool, complex, strings, compound), or one that is not (N, ss, fs) of the detector's shape.
+    """
 
     def __init__(self, path: str | Path, geometry_path: str | Path | None = None):
         self.path = Path(path)
@@ -57,6 +62,10 @@ class FramesFile:
             self.h5.close()
             raise DataFileError(f"{path}: has no dataset {DATA}")
         self.data = self.h5[DATA]
+        if not isinstance(self.data, h5py.Dataset) or self.data.dtype.kind not in "uif":
+            kind = self.data.dtype if isinstance(self.data, h5py.Dataset) else "a group"
+            self.h5.close()
+            raise DataFileError(f"{path}: {DATA} is {kind}, not photon counts (integer or float numbers)")
         if self.data.ndim != 3 or self.data.shape[1:] != self.geometry.shape:
             shape = self.data.shape
             self.h5.close()
@@ -80,7 +89,8 @@ class FramesFile:
         return indices
 
     def read(self, i: int) -> np.ndarray:
-        """Frame ``i`` as float32; truncated/corrupt chunks and non-finite values are one-line errors."""
+        """Frame ``i`` as float32 (ss, fs); truncated/corrupt chunks, non-finite values and negative counts of an
+        integer stack are one-line errors (a float stack, e.g. photons after dark subtraction, may go negative)."""
         try:
             frame = np.asarray(self.data[int(i)], dtype=np.float32)
         except (OSError, ValueError) as exc:
@@ -88,6 +98,9 @@ class FramesFile:
                                 f"{str(exc).splitlines()[0]})") from None
         if not np.isfinite(frame).all():
             raise DataFileError(f"{self.path}: frame {i} holds NaN or infinite values")
+        if self.data.dtype.kind == "i" and frame.min(initial=0) < 0:
+            raise DataFileError(f"{self.path}: frame {i} holds negative counts ({frame.min():g}) on an integer "
+                                "detector")
         return frame
 
     def close(self) -> None:

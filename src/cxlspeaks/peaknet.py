@@ -34,10 +34,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .checkpoint import CheckpointError, check_finite_state, load_checkpoint, save_checkpoint
 from .frames import FramesFile, find_in_frames
 from .io import atomic_path
 from .seeding import frame_rng
-from .train import CheckpointError, load_checkpoint, prepare_device, save_checkpoint, train_rows
+from .train import prepare_device, train_rows
 
 PEAKNET_ATTRIBUTE = "peaks"
 TARGET_SIGMA_CELLS = 0.8
@@ -192,17 +193,31 @@ class NetworkPeakFinder:
     name = "network"
 
     def __init__(self, checkpoint: dict | str | Path, threshold: float | None = None, threads: int | None = None):
+        """A checkpoint path or loaded dict; a :class:`CheckpointError` naming it if it is no usable peak network."""
+        source = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
         if not isinstance(checkpoint, dict):
             checkpoint = load_checkpoint(checkpoint, PEAKNET_ATTRIBUTE)
-        config = checkpoint["config"]
-        if config.get("model") != "peaknet":
-            raise CheckpointError(f"checkpoint of model {config.get('model')!r} is not a peak network")
-        self.config = PeakNetConfig(**config["network"])
-        self.model = PeakNet(self.config.width, self.config.cell)
-        self.model.load_state_dict(checkpoint["model_state"])
+        config = checkpoint.get("config")
+        if not isinstance(config, dict) or config.get("model") != "peaknet":
+            model = config.get("model") if isinstance(config, dict) else None
+            raise CheckpointError(f"{source}: checkpoint of model {model!r} is not a peak network")
+        try:
+            self.config = PeakNetConfig(**config["network"])
+            self.model = PeakNet(self.config.width, self.config.cell)
+            check_finite_state(checkpoint["model_state"], source)
+            self.model.load_state_dict(checkpoint["model_state"])
+            self.threshold = float(checkpoint["threshold"] if threshold is None else threshold)
+        except KeyError as exc:
+            raise CheckpointError(f"{source}: peak-network checkpoint has no {exc.args[0]}") from None
+        except CheckpointError:
+            raise
+        except (RuntimeError, TypeError, ValueError) as exc:
+            first = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise CheckpointError(f"{source}: weights do not fit the peak network ({first})") from None
+        if not 0 < self.threshold <= 1:
+            raise CheckpointError(f"{source}: peak threshold {self.threshold} is not in (0, 1]")
         self.model.eval().to(memory_format=torch.channels_last)
         torch.set_flush_denormal(True)  # denormal float32 arithmetic is many times slower on CPUs
-        self.threshold = float(checkpoint["threshold"] if threshold is None else threshold)
         if threads:
             torch.set_num_threads(threads)
 

@@ -22,17 +22,14 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .checkpoint import (CHECKPOINT_KEYS, CheckpointError, checkpoint_bytes, load_checkpoint,  # noqa: F401
+                         model_from_checkpoint, save_checkpoint)
 from .dataset import read_manifest, read_split
 from .features import FEATURES
 from .io import DataFileError, atomic_path, open_h5
 from .models import build_model, model_class
 
 TARGETS = ("has_peaks", "photon_energy_ev", "clen_m")
-CHECKPOINT_KEYS = ("model_state", "optimizer_state", "epoch", "config", "class_names")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, not a cxlspeaks checkpoint, or for another attribute."""
 
 
 @dataclass(frozen=True)
@@ -155,39 +152,6 @@ def targets_of(table: pd.DataFrame, target: str, class_values: list) -> torch.Te
         return torch.tensor([lookup[bool(v) if target == "has_peaks" else float(v)] for v in values])
     except KeyError as exc:
         raise ValueError(f"{target} value {exc.args[0]} is not one of the trained classes {class_values}") from None
-
-
-# ---------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str | Path, **content) -> None:
-    """torch.save a dict of tensors and primitives, atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(content, tmp)
-
-
-def load_checkpoint(path: str | Path, attribute: str | None = None) -> dict:
-    """Load a checkpoint with weights_only=True; one-line errors for bad files and other attributes."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({first})") from None
-    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in CHECKPOINT_KEYS):
-        raise CheckpointError(f"{path}: not a cxlspeaks checkpoint (needs {', '.join(CHECKPOINT_KEYS)})")
-    found = checkpoint["config"].get("attribute")
-    if attribute is not None and found != attribute:
-        raise CheckpointError(f"{path}: checkpoint is for attribute {found!r}, not {attribute!r}")
-    return checkpoint
-
-
-def model_from_checkpoint(checkpoint: dict) -> nn.Module:
-    config = checkpoint["config"]
-    model = build_model(config["model"], tuple(checkpoint["input_shape"]), len(checkpoint["class_names"])
-                        if config["loss"] == "ce" else 1)
-    model.load_state_dict(checkpoint["model_state"])
-    return model.eval()
 
 
 # ---------------------------------------------------------------------- training

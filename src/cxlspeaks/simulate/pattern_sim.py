@@ -58,6 +58,7 @@ import gemmi
 import h5py
 import numpy as np
 
+from .. import crystfel_env
 from ..constants import FWHM_PER_SIGMA
 from ..crystal import Crystal
 from ..geometry import Geometry
@@ -106,7 +107,7 @@ def find_pattern_sim(executable: str | None = None) -> str | None:
 def pattern_sim_version(exe: str) -> tuple[int, ...]:
     """CrystFEL version of a pattern_sim executable, from ``pattern_sim --version`` ("CrystFEL: 0.10.2")."""
     try:
-        proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30, env=crystfel_env())
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise PatternSimError(f"cannot run {exe} --version: {exc}") from None
     text = proc.stdout + "\n" + proc.stderr
@@ -341,7 +342,8 @@ class PatternSimBackend:
         self.output_path.unlink(missing_ok=True)
         try:
             proc = subprocess.run(cmd, input="{:.9f} {:.9f} {:.9f} {:.9f}\n".format(*q), capture_output=True,
-                                  text=True, cwd=self.workdir, timeout=self.timeout_s)
+                                  text=True, cwd=self.workdir, timeout=self.timeout_s,
+                                  env=crystfel_env())  # HDF5_PLUGIN_PATH for this child only
         except subprocess.TimeoutExpired:
             raise PatternSimError(f"pattern_sim timed out after {self.timeout_s} s: {cmd_text}") from None
         except OSError as exc:
