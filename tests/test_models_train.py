@@ -73,6 +73,8 @@ def _features(path, n_hits, n_empty, seed, energy=7000.0, clen=0.15, spot=40.0):
         g["counts"] = counts
         g["signal"] = np.zeros_like(counts)
         g["mask_fraction"] = np.ones(SHAPE, np.float32)
+        g["radius_m"] = np.hypot(*np.meshgrid(np.arange(SHAPE[0]) - SHAPE[0] / 2, np.arange(SHAPE[1]) - SHAPE[1] / 2,
+                                              indexing="ij")).astype(np.float32) * 3e-4
         g["has_peaks"] = np.arange(n_hits + n_empty) < n_hits
         g.attrs.update(photon_energy_ev=energy, clen_m=clen, bin_factor=4, dataset="x")
     return path

@@ -71,6 +71,7 @@ class FrameInputs:
     mask_index: torch.Tensor       # (N,) dataset index into masks
     table: pd.DataFrame            # dataset, frame, subset, has_peaks, photon_energy_ev, clen_m, flux
     bin_factor: int = 1
+    radii: torch.Tensor | None = None  # (D, H, W) metres from the beam axis per bin, one per dataset
 
     def channels(self, index: torch.Tensor, inputs: Sequence[str]) -> torch.Tensor:
         parts = []
@@ -81,6 +82,8 @@ class FrameInputs:
                 parts.append(self.signal[index])
             elif name == "mask":
                 parts.append(self.masks[self.mask_index[index]])
+            elif name == "radius":
+                parts.append(self.radii[self.mask_index[index]])
             else:
                 raise KeyError(f"unknown input channel {name!r}")
         return torch.stack(parts, dim=1)
@@ -89,7 +92,7 @@ class FrameInputs:
 def load_inputs(features: dict[str, str | Path], split: pd.DataFrame, with_signal: bool = False,
                 manifests: dict[str, str | Path] | None = None) -> FrameInputs:
     """Read the binned frames of every split row from the datasets' feature files."""
-    counts, signal, masks, mask_index, rows, factors = [], [], [], [], [], set()
+    counts, signal, masks, radii, mask_index, rows, factors = [], [], [], [], [], [], set()
     for d, (dataset, group) in enumerate(split.groupby("dataset", sort=True)):
         if dataset not in features:
             raise DataFileError(f"split names dataset {dataset!r}, which has no feature file")
@@ -109,6 +112,10 @@ def load_inputs(features: dict[str, str | Path], split: pd.DataFrame, with_signa
                 sblock[order] = g["signal"][sorted_frames]
                 signal.append(sblock)
             masks.append(g["mask_fraction"][()])
+            if "radius_m" not in g:
+                raise DataFileError(f"{features[dataset]}: has no {FEATURES}/radius_m (written by an older "
+                                    f"cxlspeaks); delete it and rerun the workflow")
+            radii.append(g["radius_m"][()])
             factors.add(int(g.attrs["bin_factor"]))
             has_peaks = g["has_peaks"][()][frames]
             rows.append(group.assign(has_peaks=has_peaks, photon_energy_ev=float(g.attrs["photon_energy_ev"]),
@@ -126,6 +133,7 @@ def load_inputs(features: dict[str, str | Path], split: pd.DataFrame, with_signa
     return FrameInputs(bin_factor=factors.pop(), counts=torch.from_numpy(np.concatenate(counts)),
                        signal=torch.from_numpy(np.concatenate(signal)) if with_signal else None,
                        masks=torch.from_numpy(np.stack(masks)),
+                       radii=torch.from_numpy(np.stack(radii)),
                        mask_index=torch.from_numpy(np.concatenate(mask_index)), table=table)
 
 
