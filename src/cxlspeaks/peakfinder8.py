@@ -170,7 +170,7 @@ CRYSTFEL_DEFAULTS = Peakfinder8Settings(adc_threshold=800.0, min_snr=5.0, min_pi
 #: 1.5 photons at these backgrounds, so the ADC threshold decides; keep it above 1, see the module notes), the
 #: whole frame is searched. F1 (>= 3 / >= 10 photons) there: normal 0.92 / 0.96, low 0.79 / 0.95, extreme
 #: 0.51 / 0.82, against 0.87 / 0.92, 0.59 / 0.79, 0.29 / 0.58 for threshold 3 with min-pix 1 (the setting of
-#: ../shared/docs/TARGETS.md). An isolated peak whose background disc holds no photon at all gets SNR 0 and is
+#: the project targets (TARGETS.md of the planning docs)). An isolated peak whose background disc holds no photon at all gets SNR 0 and is
 #: dropped (C's rule; spot tails usually put photons in the disc).
 PHOTON_COUNTING = Peakfinder8Settings(adc_threshold=1.5, min_snr=5.0, min_pix_count=2, max_pix_count=200,
                                       local_bg_radius=3, min_res_px=0.0, max_res_px=math.inf)

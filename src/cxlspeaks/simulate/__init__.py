@@ -1,5 +1,5 @@
 """Simulators: Bragg signal (builtin analytic engine, or CrystFEL pattern_sim), water background (builtin, or
-reborn), and photon-counting noise. Physics in the README and ../shared/docs/PHYSICS.md."""
+reborn), and photon-counting noise. Physics in the README and docs/PHYSICS.md."""
 
 from .beam import Beam
 from .bragg import BraggFrame, BraggSimulator, CrystalSample
