@@ -15,6 +15,7 @@ from .io import atomic_path
 from .models import build_model
 
 CHECKPOINT_KEYS = ("model_state", "optimizer_state", "epoch", "config", "class_names")
+TARGET_OF = {"photon_energy": "photon_energy_ev", "clen": "clen_m"}
 
 
 class CheckpointError(ValueError):
@@ -105,3 +106,37 @@ def model_from_checkpoint(checkpoint: dict, source: str | Path = "checkpoint") -
         first = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise CheckpointError(f"{source}: weights do not fit the model ({first})") from None
     return model.eval()
+
+
+def trained_on(checkpoint: dict) -> dict:
+    """What a frame model was trained on: ``binned_shape`` [H, W] and ``bin_factor``, and where known the sorted
+    ``photon_energy_ev`` and ``clen_m`` values of its training frames. Read from the checkpoint's ``trained_on``
+    (written by :func:`cxlspeaks.train.train_attribute`); for older checkpoints from ``input_shape``,
+    ``bin_factor`` and, for the photon-energy and camera-length models, their ``class_values``. Missing or
+    unusable entries are left out (never guessed)."""
+    out: dict = {}
+    given = checkpoint.get("trained_on")
+    given = given if isinstance(given, dict) else {}
+    shape = given.get("binned_shape")
+    if shape is None and isinstance(checkpoint.get("input_shape"), (list, tuple)):
+        shape = list(checkpoint["input_shape"])[1:]
+    try:
+        if shape is not None and len(shape) == 2:
+            out["binned_shape"] = [int(n) for n in shape]
+        factor = given.get("bin_factor", checkpoint.get("bin_factor"))
+        if factor is not None:
+            out["bin_factor"] = int(factor)
+    except (TypeError, ValueError):
+        pass
+    attribute = checkpoint.get("config", {}).get("attribute") if isinstance(checkpoint.get("config"), dict) else None
+    for key in ("photon_energy_ev", "clen_m"):
+        values = given.get(key)
+        if values is None and TARGET_OF.get(attribute) == key:
+            values = checkpoint.get("class_values")
+        try:
+            values = sorted(float(v) for v in values) if values is not None else []
+        except (TypeError, ValueError):
+            values = []
+        if values:
+            out[key] = values
+    return out

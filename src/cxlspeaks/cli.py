@@ -1,7 +1,14 @@
-"""The ``cxlspeaks`` command: run the trained models on a frames file.
+"""The ``cxlspeaks`` command: run the trained models on recorded frames.
 
-    cxlspeaks run FRAMES.h5 --models results/models -o predictions.csv [--cxi peaks.cxi [--cell X.cell]]
-                  [--geometry detector.geom] [--quiet]
+    cxlspeaks run SOURCE --models results/models -o predictions.csv [--cxi peaks.cxi [--cell X.cell]]
+                  [--geometry detector.geom] [--channel N|NAME] [--quiet]
+
+SOURCE: a cxlspeaks frames file or plain HDF5 stack (/entry/data/data or the geometry's ``data``), a DECTRIS NXmx
+master file (legacy data_NNNNNN links or a v2024.2 VDS; ``--channel`` for a multi-channel one), a Cheetah/OM CXI
+file (``--geometry`` required) or a CrystFEL ``.lst`` event list (:func:`cxlspeaks.sources.open_source`).
+``--geometry`` is optional where the file describes its detector (stored geometry text, NXmx metadata). Rows:
+frame, event, source_file, the scores, n_peaks, n_masked, n_saturated. Use outside the models' training (another
+detector layout, a camera length outside the trained range) is one ``cxlspeaks: warning: ...`` line per kind.
 
 Output: the CSV goes to ``-o FILE``, or to standard output without ``-o`` or with ``-o -``. With ``--cxi`` the
 hits' peaks (found by the peak network, MODELS/peaks/checkpoint.pt) are written for CrystFEL: peaks.cxi,
@@ -59,16 +66,19 @@ def _parser() -> argparse.ArgumentParser:
                      "peaks.")
     parser.add_argument("--version", action="version", version=f"cxlspeaks {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="score the frames of an HDF5 file (hit -> photon energy, camera length, "
-                              "peaks)")
-    run.add_argument("frames", type=Path, help="HDF5 file with an (N, ss, fs) stack at /entry/data/data")
+    run = commands.add_parser("run", help="score recorded frames (hit -> photon energy, camera length, peaks)")
+    run.add_argument("frames", type=Path, metavar="SOURCE",
+                     help="frames: HDF5 stack, NXmx master file, CXI file or CrystFEL .lst event list")
     run.add_argument("--models", type=Path, default=Path("results/models"),
                      help="folder with hit/, photon_energy/, clen/ and peaks/ checkpoint.pt (default results/models)")
     for attribute in ("hit", "photon_energy", "clen", "peaks"):
         run.add_argument(f"--{attribute.replace('_', '-')}-checkpoint", type=Path, default=None,
                          help=f"the {attribute} checkpoint (default MODELS/{attribute}/checkpoint.pt)")
     run.add_argument("--geometry", type=Path, default=None,
-                     help="CrystFEL geometry of the detector (default: the geometry stored in the file)")
+                     help="CrystFEL geometry of the detector (default: the geometry stored in the file, or "
+                     "built from the NXmx metadata)")
+    run.add_argument("--channel", default=None,
+                     help="channel of a multi-channel NXmx master file, by index or name")
     run.add_argument("--threshold", type=_probability, default=0.5,
                      help="hit probability threshold, in (0, 1) (default 0.5)")
     run.add_argument("--batch-size", type=_positive_int, default=8, help="frames scored at once (default 8)")
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = run_pipeline(args.frames, checkpoints, args.output, args.geometry, threshold=args.threshold,
                              batch_size=args.batch_size, cxi_output=args.cxi, cell_file=args.cell,
-                             progress=False if args.quiet else None)
+                             progress=False if args.quiet else None, channel=args.channel)
     except (DataFileError, CheckpointError, GeometryError, StructureError, RunArgumentError) as exc:
         return _error(str(exc) or type(exc).__name__)
     except OSError as exc:  # the disk, not the code: a write that failed after the checks (full, removed folder)

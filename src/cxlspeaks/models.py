@@ -4,7 +4,9 @@ Every model takes a batch of binned frames, (B, C, H, W) float32, whose channels
 ``counts`` (photon counts summed over bins, see :mod:`cxlspeaks.features`), ``signal`` (the binned *expected*
 Bragg signal: only a simulation knows it, so a model that reads it is an oracle, not a detector) and ``mask``
 (fraction of good pixels in each bin). It returns logits (B, n_outputs). Models are built by
-``build_model(name, input_shape, n_outputs)``; ``MODELS`` lists them.
+``build_model(name, input_shape, n_outputs)``; ``MODELS`` lists them. A class with ``any_shape = True`` runs on
+binned frames of any size (the pipeline lets it score frames of another shape than it was trained on); the others
+need exactly their ``input_shape``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class HitFCN(nn.Module):
     """
 
     inputs = ("counts", "mask")
+    any_shape = True  # fully convolutional, global pooling: runs on any binned frame size
 
     def __init__(self, input_shape: tuple[int, int, int], n_outputs: int = 1, width: int = 16):
         super().__init__()
@@ -142,6 +145,7 @@ class WaterProfileLinear(nn.Module):
     """
 
     inputs = ("counts", "mask", "radius")
+    any_shape = True  # features are a function of the radius only: any frame size and layout
 
     def __init__(self, input_shape: tuple[int, int, int], n_outputs: int = 3, n_radii: int = 128,
                  r_max_m: float = 0.16):

@@ -232,8 +232,11 @@ class NetworkPeakFinder:
             p = torch.sigmoid(logits) * valid_cells(mask, cell)
         return p[0, 0].numpy()
 
-    def find(self, frame: np.ndarray, good: np.ndarray, threshold: float | None = None) -> pd.DataFrame:
-        """Peaks of one frame: fs, ss (raw convention), photons, snr, score (the cell probability)."""
+    def find(self, frame: np.ndarray, good: np.ndarray, threshold: float | None = None,
+             centroid_good: np.ndarray | None = None) -> pd.DataFrame:
+        """Peaks of one frame: fs, ss (raw convention), photons, snr, score (the cell probability).
+        ``centroid_good``: the pixels centroids, photons and backgrounds may use (default ``good``; e.g. good and
+        not saturated, so a saturated core is found but does not bias the position)."""
         threshold = self.threshold if threshold is None else threshold
         p = self.probabilities(frame, good)
         pt = torch.from_numpy(p)[None, None]
@@ -244,7 +247,7 @@ class NetworkPeakFinder:
             best = np.argsort(-score, kind="stable")[:self.config.max_peaks]
             ci, cj, score = ci[best], cj[best], score[best]
         cell = self.config.cell
-        table = refine_peaks(frame, good, ci * cell + (cell - 1) / 2, cj * cell + (cell - 1) / 2)
+        table = refine_peaks(frame, good if centroid_good is None else centroid_good, ci * cell + (cell - 1) / 2, cj * cell + (cell - 1) / 2)
         table["score"] = score.astype(np.float64)
         return merge_close(table).reset_index(drop=True)
 

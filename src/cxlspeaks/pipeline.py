@@ -1,132 +1,54 @@
 """Apply trained models to new frames: hit probability, then, for hits, photon energy, camera length and peaks.
 
-Input: any HDF5 file with an (N, ss, fs) stack at /entry/data/data, its detector described by the CrystFEL
-geometry stored in the file (/entry/instrument/detector/geometry, as cxlspeaks writes it) or given separately.
-Frames are masked and binned exactly as for training (the bin factor is read from the hit checkpoint). Output: one
-CSV row per frame: frame, hit_probability, is_hit, and for hits photon_energy_ev, photon_energy_probability,
-clen_m, clen_probability and, with a peak network, n_peaks (an integer; empty for non-hits). With ``cxi_output``
-the hits' peaks also go to a CXI file that CrystFEL reads (/entry_1/result_1, raw convention, /entry/data/data an
-external link to the frames), beside it the CrystFEL event list of the hits (``.lst``: ``peaks.cxi //N``), a
-geometry with ``peak_list = /entry_1/result_1`` and ``peak_list_type = cxi`` (``.geom``) and a CrystFEL unit cell
-file (``.cell``: a copy of ``cell_file``, else the 1IC6 cell with a comment saying so), so that
-``indexamajig -i peaks.lst -g peaks.geom -p peaks.cell --peaks=cxi`` indexes the hits from cxlspeaks' peaks.
+Input: any frame source :func:`cxlspeaks.sources.open_source` opens (a cxlspeaks frames file or plain HDF5 stack,
+a DECTRIS NXmx master file, a Cheetah/OM CXI file, a CrystFEL ``.lst`` event list), its detector the geometry
+given or the one the file describes (stored CrystFEL geometry text, NXmx metadata). Every frame comes with its
+own good-pixel mask (``Frame.good``: geometry, detector pixel mask, marker values, non-finite pixels) and its
+saturated pixels; masked pixels are left out of the binned model inputs and the peak network and are never
+peaks; saturated pixels are left out of peak centroids. Frames are binned as for training (the bin factor is
+read from the hit checkpoint); models marked ``any_shape`` (hit_fcn, water_profile_linear) score frames of any
+size and layout, the ``radius`` channel of geometry-aware models coming from each frame's geometry (cached per
+geometry). Use outside the training (another binned shape for a shape-free model, a camera length more than 10%
+outside the trained range) is one ``cxlspeaks: warning: ...`` line on standard error per kind; another shape for
+a shape-bound model is an error.
+
+Output: one CSV row per frame: frame (the running index of the source, 0..N-1), event (CrystFEL event id),
+source_file, hit_probability, is_hit, and for hits photon_energy_ev, photon_energy_probability, clen_m,
+clen_probability and, with a peak network, n_peaks (an integer; empty for non-hits); n_masked and n_saturated
+(pixels). With ``cxi_output`` the hits' peaks also go to CrystFEL files (:mod:`cxlspeaks.run_cxi`).
 
 Order of the checks, all before any frame is scored: output paths (:func:`check_run_paths`), the geometry and the
-frames file (:class:`~cxlspeaks.frames.FramesFile`, :func:`check_stack`), then the checkpoints.
+source (:func:`~cxlspeaks.run_checks.check_source`), then the checkpoints and the binned shape.
 """
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from .cxi import geometry_with_peak_list, write_cxi_peaks, write_event_list
-from .features import binned_frames, mask_fraction
-from .frames import FramesFile
-from .io import DATA, DataFileError, atomic_path, atomic_write_text
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, trained_on
+from .features import bin_sum, binned_frames, binned_radius_m, mask_fraction
+from .io import DataFileError, atomic_path
+from .run_checks import (CXI_SIBLINGS, RunArgumentError, check_counts, check_run_paths, check_source,  # noqa: F401
+                         check_writable, cell_text, integer_source, list_files, run_outputs)
+from .run_cxi import FrameSpool, linkable, write_peak_files  # noqa: F401
 
 PIPELINE_ATTRIBUTES = ("hit", "photon_energy", "clen")
-CXI_SIBLINGS = (".lst", ".geom", ".cell")
+MODEL_INPUTS = ("counts", "mask", "radius")
+#: A frame's camera length more than this fraction outside the trained range is a warning.
+CLEN_TOLERANCE = 0.10
+COLUMNS = ("frame", "event", "source_file", "hit_probability", "is_hit", "photon_energy_ev",
+           "photon_energy_probability", "clen_m", "clen_probability", "n_peaks", "n_masked", "n_saturated")
 
 
-class RunArgumentError(ValueError):
-    """An output path or option of a pipeline run that cannot be honoured (one line naming it)."""
-
-
-# ---------------------------------------------------------------------- checks before any frame is scored
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name the same file: os.path.samefile when both exist, else equal resolved paths."""
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
-
-
-def check_writable(label: str, path: Path) -> None:
-    """Refuse an output path that is a folder, or whose nearest existing folder is not a writable folder.
-    Missing folders in between are fine: they are created when the file is written (as ``atomic_path`` does)."""
-    if path.is_dir():
-        raise RunArgumentError(f"{label} {path}: is a folder, not a file name")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise RunArgumentError(f"{label} {path}: cannot create it, {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RunArgumentError(f"{label} {path}: folder {parent} is not writable")
-
-
-def run_outputs(output: str | Path | None, cxi_output: str | Path | None) -> dict[str, Path]:
-    """The files a run writes, by the option that names them: -o (unless None or '-', standard output), and
-    --cxi with its .lst, .geom and .cell siblings."""
-    outputs = {}
-    if output is not None and str(output) != "-":
-        outputs["-o"] = Path(output)
-    if cxi_output is not None:
-        cxi_output = Path(cxi_output)
-        if str(cxi_output) == "-" or cxi_output.suffix in CXI_SIBLINGS:
-            raise RunArgumentError(f"--cxi {cxi_output}: needs a file name such as peaks.cxi (its .lst, .geom "
-                                   "and .cell go beside it)")
-        outputs["--cxi"] = cxi_output
-        outputs.update({f"--cxi {suffix}": cxi_output.with_suffix(suffix) for suffix in CXI_SIBLINGS})
-    return outputs
-
-
-def check_run_paths(inputs: dict[str, str | Path | None], outputs: dict[str, Path]) -> None:
-    """Refuse outputs that are an input (same file or same resolved path), that coincide with each other, or
-    that cannot be written (:func:`check_writable`). ``inputs``: label (option or 'input') -> path (None skipped)."""
-    named = [(label, Path(p)) for label, p in inputs.items() if p is not None]
-    seen: list[tuple[str, Path]] = []
-    for label, path in outputs.items():
-        for in_label, in_path in named:
-            if _same_file(path, in_path):
-                raise RunArgumentError(f"{label} {path}: is the {in_label} {in_path}; it would be overwritten")
-        for other_label, other in seen:
-            if _same_file(path, other):
-                raise RunArgumentError(f"{label} {path}: is also the {other_label} output")
-        check_writable(label, path)
-        seen.append((label, path))
-
-
-def check_stack(source: FramesFile) -> None:
-    """Refuse a frames file whose stack holds no frames (N = 0)."""
-    if source.n_frames == 0:
-        raise DataFileError(f"{source.path}: {DATA} holds no frames (shape {source.data.shape})")
-
-
-def cell_text(cell_file: str | Path | None) -> str:
-    """The CrystFEL unit cell file written beside a CXI peak list: ``cell_file``'s text (it must be a readable
-    CrystFEL cell file or PDB file), else the source paper's 1IC6 cell (a = b = 67.288 A, c = 106.582 A,
-    P 43 21 2), with a comment line saying it is that default."""
-    if cell_file is None:
-        from types import SimpleNamespace
-
-        import gemmi
-
-        from .crystal import CELL_1IC6_A, SPACEGROUP_1IC6
-        from .simulate.pattern_sim import cell_file_text
-
-        crystal = SimpleNamespace(spacegroup=gemmi.SpaceGroup(SPACEGROUP_1IC6), cell_parameters=CELL_1IC6_A)
-        return cell_file_text(crystal) + ("; cxlspeaks' default: the 1IC6 (proteinase K) cell, not read from the "
-                                          "data; give the crystal's own cell with --cell\n")
-    path = Path(cell_file)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a text file"
-        raise RunArgumentError(f"--cell {path}: cannot read it ({reason})") from None
-    if not (text.startswith("CrystFEL unit cell file") or "CRYST1" in text):
-        raise RunArgumentError(f"--cell {path}: not a CrystFEL unit cell file (first line 'CrystFEL unit cell "
-                               "file version 1.0') or PDB file with a CRYST1 line")
-    return text
+def binned_shape(shape: tuple[int, int], factor: int) -> tuple[int, int]:
+    """(ceil(ss / factor), ceil(fs / factor)): the shape of binned frames (:func:`~cxlspeaks.features.bin_sum`)."""
+    return tuple(-(-int(n) // factor) for n in shape)
 
 
 # ---------------------------------------------------------------------- models
@@ -135,7 +57,9 @@ class FramePredictor:
 
     ``checkpoints``: attribute -> checkpoint path (hit, photon_energy, clen). Raises :class:`CheckpointError`
     naming the checkpoint for any that is missing, unreadable, for another attribute, has no class values for
-    its outputs, or whose weights do not fit; and when the three use different bin factors.
+    its outputs, reads an input the pipeline cannot give (the expected signal), or whose weights do not fit;
+    and when the three use different bin factors. ``trained_on[attribute]``: what each was trained on
+    (:func:`~cxlspeaks.checkpoint.trained_on`).
     """
 
     def __init__(self, checkpoints: dict[str, str | Path], threshold: float = 0.5):
@@ -146,7 +70,7 @@ class FramePredictor:
         self.checkpoints = {a: load_checkpoint(self.paths[a], a) for a in PIPELINE_ATTRIBUTES}
         self.models = {a: model_from_checkpoint(c, self.paths[a]) for a, c in self.checkpoints.items()}
         for attribute, model in self.models.items():
-            unknown = [name for name in model.inputs if name not in ("counts", "mask")]
+            unknown = [name for name in model.inputs if name not in MODEL_INPUTS]
             if unknown:
                 why = " (the expected signal: an oracle)" if unknown[0] == "signal" else ""
                 raise CheckpointError(f"{self.paths[attribute]}: its model reads input {unknown[0]!r}{why}, which "
@@ -169,18 +93,52 @@ class FramePredictor:
                                   f"factors: {factors}")
         self.bin_factor = factors["hit"]
         self.threshold = threshold
+        self.trained_on = {a: trained_on(c) for a, c in self.checkpoints.items()}
+        self.any_shape = {a: bool(getattr(m, "any_shape", False)) for a, m in self.models.items()}
+        self.needs_radius = [a for a, m in self.models.items() if "radius" in m.inputs]
+        self._radii: dict[int, tuple[object, np.ndarray]] = {}
 
-    def check_shape(self, binned_shape: tuple[int, int], frames_path: str | Path) -> None:
-        """Refuse frames whose binned shape (H, W) is not the one every model was trained on."""
+    def check_shape(self, binned_shape: tuple[int, int], frames_path: str | Path = "frames") -> list[str]:
+        """Refuse (:class:`DataFileError`) frames whose binned shape (H, W) is not the one a shape-bound model was
+        trained on; return the warning texts (none or one) for shape-free models (``any_shape``) that score
+        another shape than they were trained on."""
+        other: dict[tuple, list[str]] = {}
         for attribute, checkpoint in self.checkpoints.items():
             shape = tuple(checkpoint["input_shape"][1:])
-            if tuple(binned_shape) != shape:
+            if tuple(binned_shape) == shape:
+                continue
+            if not self.any_shape[attribute]:
                 raise DataFileError(f"{frames_path}: binned frames have shape {tuple(binned_shape)}, the "
                                     f"{attribute} model {self.paths[attribute]} was trained on {shape}")
+            other.setdefault(shape, []).append(attribute)
+        if not other:
+            return []
+        trained = "; ".join(f"{', '.join(names)} on {shape}" for shape, names in other.items())
+        return [f"{frames_path}: binned frames have shape {tuple(binned_shape)}, another detector layout or size "
+                f"than the models were trained on ({trained}); their answers there are not validated"]
 
-    def _inputs(self, model, counts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        channels = {"counts": counts, "mask": mask.expand_as(counts)}
-        return torch.stack([channels[name] for name in model.inputs], dim=1)
+    def clen_warning(self, clen_m: float) -> str | None:
+        """A warning text when ``clen_m`` lies more than 10% outside the camera lengths the clen model was
+        trained on (None inside, or when the range is unknown)."""
+        values = self.trained_on["clen"].get("clen_m")
+        if not values or not np.isfinite(clen_m):
+            return None
+        low, high = min(values), max(values)
+        if low * (1 - CLEN_TOLERANCE) <= clen_m <= high * (1 + CLEN_TOLERANCE):
+            return None
+        return (f"camera length {clen_m:g} m is more than {CLEN_TOLERANCE:.0%} outside the range the clen model "
+                f"{self.paths['clen']} was trained on ({low:g}-{high:g} m)")
+
+    def radius(self, geometry) -> np.ndarray:
+        """Binned distance from the beam axis (:func:`~cxlspeaks.features.binned_radius_m`) of a geometry,
+        cached per geometry object."""
+        cached = self._radii.get(id(geometry))
+        if cached is None or cached[0] is not geometry:
+            if len(self._radii) >= 64:
+                self._radii.clear()
+            cached = (geometry, binned_radius_m(geometry, self.bin_factor))
+            self._radii[id(geometry)] = cached
+        return cached[1]
 
     def _finite(self, attribute: str, values: np.ndarray) -> np.ndarray:
         if not np.isfinite(values).all():
@@ -188,100 +146,201 @@ class FramePredictor:
                                   "probabilities")
         return values
 
-    def predict(self, counts: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
-        """Scores of binned frames (N, H, W) float32 photons with the binned good-pixel fraction (H, W)."""
+    def predict(self, counts: np.ndarray, mask: np.ndarray, radius: np.ndarray | None = None,
+                geometry=None) -> pd.DataFrame:
+        """Scores of binned frames (N, H, W) float32 photons with the binned good-pixel fraction, (H, W) for all
+        frames or (N, H, W) per frame. Geometry-aware models (``radius`` input) need ``radius`` ((H, W) or
+        (N, H, W) metres, :func:`~cxlspeaks.features.binned_radius_m`) or the frames' ``geometry``."""
+        counts = np.ascontiguousarray(counts, dtype=np.float32)
         self.check_shape(counts.shape[1:], "frames")
-        x = torch.from_numpy(np.ascontiguousarray(counts, dtype=np.float32))
-        m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        if radius is None and geometry is not None and self.needs_radius:
+            radius = self.radius(geometry)
+        if radius is None and self.needs_radius:
+            raise RunArgumentError(f"the {self.needs_radius[0]} model reads each bin's distance from the beam; "
+                                   "give predict the frames' geometry (or radius)")
+        x = torch.from_numpy(counts)
+
+        def channel(values):
+            t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+            return (t[None] if t.ndim == 2 else t).expand_as(x)
+
+        channels = {"counts": x, "mask": channel(mask)}
+        if radius is not None:
+            channels["radius"] = channel(radius)
+
+        def inputs(model):
+            return torch.stack([channels[name] for name in model.inputs], dim=1)
+
         with torch.no_grad():
-            p_hit = self._finite("hit", torch.sigmoid(
-                self.models["hit"](self._inputs(self.models["hit"], x, m))[:, 0]).numpy())
+            p_hit = self._finite("hit", torch.sigmoid(self.models["hit"](inputs(self.models["hit"]))[:, 0]).numpy())
             out = pd.DataFrame({"hit_probability": p_hit, "is_hit": p_hit >= self.threshold})
             for attribute, column in (("photon_energy", "photon_energy_ev"), ("clen", "clen_m")):
-                probabilities = self._finite(attribute, torch.softmax(self.models[attribute](
-                    self._inputs(self.models[attribute], x, m)), dim=1).numpy())
+                probabilities = self._finite(attribute, torch.softmax(
+                    self.models[attribute](inputs(self.models[attribute])), dim=1).numpy())
                 values = np.asarray(self.checkpoints[attribute]["class_values"], dtype=np.float64)
                 out[column] = np.where(out["is_hit"], values[probabilities.argmax(axis=1)], np.nan)
                 out[f"{attribute}_probability"] = np.where(out["is_hit"], probabilities.max(axis=1), np.nan)
         return out
 
 
+def print_warning(text: str) -> None:
+    """One line ``cxlspeaks: warning: ...`` on standard error."""
+    print(f"cxlspeaks: warning: {' '.join(str(text).split())}", file=sys.stderr, flush=True)
+
+
+def peaks_on_good_pixels(table: pd.DataFrame, good: np.ndarray) -> pd.DataFrame:
+    """The peaks whose position (nearest pixel, raw convention) is a good pixel."""
+    if len(table) == 0:
+        return table
+    ss = np.clip(np.rint(table["ss"].to_numpy()).astype(int), 0, good.shape[0] - 1)
+    fs = np.clip(np.rint(table["fs"].to_numpy()).astype(int), 0, good.shape[1] - 1)
+    return table[good[ss, fs]].reset_index(drop=True)
+
+
 # ---------------------------------------------------------------------- the run
+def _check_indices(n: int, frames: Sequence[int] | None, path) -> np.ndarray:
+    indices = np.arange(n) if frames is None else np.asarray(frames, dtype=int).reshape(-1)
+    if len(indices) and (indices.min() < 0 or indices.max() >= n):
+        bad = indices.max() if indices.max() >= n else indices.min()
+        raise DataFileError(f"{path}: holds {n} frames, asked for frame {bad}")
+    return indices
+
+
 def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], output: str | Path | None = None,
                  geometry_path: str | Path | None = None, frames: Sequence[int] | None = None,
                  threshold: float = 0.5, batch_size: int = 8, cxi_output: str | Path | None = None,
-                 cell_file: str | Path | None = None, progress: bool | None = False) -> pd.DataFrame:
-    """Score the frames of one file (all, or the given indices); write the CSV when ``output`` is given.
+                 cell_file: str | Path | None = None, progress: bool | None = False,
+                 channel: int | str | None = None, warn: Callable[[str], None] | None = print_warning
+                 ) -> pd.DataFrame:
+    """Score the frames of one source (all, or the given source indices); write the CSV when ``output`` is given.
 
-    ``checkpoints`` holds hit, photon_energy and clen, and optionally ``peaks`` (the peak network), which finds the
-    peaks of every hit; ``cxi_output`` (needs ``peaks``) writes them with the .lst, .geom and .cell beside it
-    (``cell_file``: the unit cell to copy; default the 1IC6 cell). Missing output folders are created.
-    ``progress``: a tqdm bar on standard error (None: only when standard error is a terminal).
+    ``frames_path``: anything :func:`~cxlspeaks.sources.open_source` opens (``geometry_path`` and ``channel``
+    are passed on). ``checkpoints`` holds hit, photon_energy and clen, and optionally ``peaks`` (the peak
+    network), which finds the peaks of every hit; ``cxi_output`` (needs ``peaks``) writes them with the .lst,
+    .geom and .cell beside it (``cell_file``: the unit cell to copy; default the 1IC6 cell). Missing output
+    folders are created. ``progress``: a tqdm bar on standard error (None: only when standard error is a
+    terminal). ``warn``: called with the text of each warning kind once (default: one line on standard error).
 
-    Returns one row per frame (columns as in the module docstring; n_peaks is pandas' nullable Int64). Raises,
-    before any frame is scored, :class:`RunArgumentError` for unusable outputs (an input file, each other, not
-    writable) or options, :class:`~cxlspeaks.geometry.GeometryError`, :class:`DataFileError` for the frames file
-    (also an empty stack) and :class:`CheckpointError`; later, :class:`DataFileError` for a frame that cannot be
-    read and :class:`CheckpointError` for NaN model outputs.
+    Returns one row per frame (:data:`COLUMNS`; n_peaks is pandas' nullable Int64). Raises, before any frame is
+    scored, :class:`RunArgumentError` for unusable outputs (an input file, each other, not writable) or
+    options, :class:`~cxlspeaks.geometry.GeometryError`, :class:`DataFileError` for the source (also an empty
+    one) and :class:`CheckpointError`; later, :class:`DataFileError` for a frame that cannot be read and
+    :class:`CheckpointError` for NaN model outputs.
     """
     from tqdm import tqdm
+
+    from .sources import open_source
 
     if cxi_output is not None and checkpoints.get("peaks") is None:
         raise RunArgumentError("--cxi: a CXI peak list needs the peak network's checkpoint")
     if cell_file is not None and cxi_output is None:
         raise RunArgumentError(f"--cell {cell_file}: the cell file goes beside the CXI peaks; give --cxi too")
     inputs = {"input frames file": frames_path, "--geometry": geometry_path, "--cell": cell_file,
-              **{f"{a} checkpoint": p for a, p in checkpoints.items()}}
+              **{f"{a} checkpoint": p for a, p in checkpoints.items()},
+              **{f"listed frames file": p for p in list_files(frames_path)}}
     check_run_paths(inputs, run_outputs(output, cxi_output))
     cell = cell_text(cell_file) if cxi_output is not None else None
-    rows, peak_tables = [], []
-    with FramesFile(frames_path, geometry_path) as source:
-        check_stack(source)
-        geometry, mask = source.geometry, source.mask
-        indices = source.check_indices(frames)
+    warned: set[str] = set()
+
+    def warning(kind: str, text: str) -> None:
+        if kind not in warned and warn is not None:
+            warned.add(kind)
+            warn(text)
+
+    rows, peak_tables, spool = [], [], None
+    with open_source(frames_path, geometry=geometry_path, channel=channel) as source:
+        check_source(source, frames_path)
+        indices = _check_indices(len(source), frames, frames_path)
         predictor = FramePredictor(checkpoints, threshold)
+        factor = predictor.bin_factor
         peak_finder = None
         if checkpoints.get("peaks") is not None:
             from .peaknet import NetworkPeakFinder
 
             peak_finder = NetworkPeakFinder(checkpoints["peaks"])
-        binned_mask = mask_fraction(mask, predictor.bin_factor)
-        predictor.check_shape(binned_mask.shape, frames_path)
+        shapes = {binned_shape(source.geometry.shape, factor)}
+        for text in predictor.check_shape(next(iter(shapes)), frames_path):
+            warning("shape", text)
+        signed = integer_source(source)
+        link = cxi_output is not None and linkable(source)
+        spool = FrameSpool(cxi_output) if cxi_output is not None and not link else None
         bar = tqdm(total=len(indices), unit="frame", desc=Path(frames_path).name, disable=(
             None if progress is None else not progress))
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            block = np.stack([source.read(i) for i in chunk])
-            scored = predictor.predict(binned_frames(block, mask, predictor.bin_factor), binned_mask)
-            if peak_finder is not None:
-                found = [peak_finder.find(frame, mask) if hit else None for frame, hit in zip(block, scored["is_hit"])]
-                scored["n_peaks"] = pd.array([len(t) if t is not None else pd.NA for t in found], dtype="Int64")
-                peak_tables += [(i, t) for i, t in zip(chunk, found) if t is not None]
-            rows.append(scored.assign(frame=chunk))
-            bar.update(len(chunk))
-        bar.close()
-    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["frame"])
-    table = table[["frame"] + [c for c in table.columns if c != "frame"]]
-    if cxi_output is not None:
-        write_peak_files(cxi_output, frames_path, geometry, peak_tables, cell)
+        try:
+            for start in range(0, len(indices), batch_size):
+                chunk = [int(i) for i in indices[start:start + batch_size]]
+                rows.append(_score_chunk(source, chunk, predictor, peak_finder, signed, shapes, warning,
+                                         frames_path, peak_tables, spool))
+                bar.update(len(chunk))
+            bar.close()
+            geometry = source.geometry
+            data_path = getattr(source, "data_path", None)
+            if cxi_output is not None:
+                write_peak_files(cxi_output, geometry, peak_tables, cell, data_file=frames_path if link else None,
+                                 data_path=data_path or "/entry/data/data", spool=spool)
+                spool = None
+        finally:
+            if spool is not None:
+                spool.discard()
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(COLUMNS))
+    table = table[[c for c in COLUMNS if c in table.columns]]
     if output is not None and str(output) != "-":
         with atomic_path(output) as tmp:
             table.to_csv(tmp, index=False)
     return table
 
 
-def write_peak_files(cxi_output: str | Path, frames_path: str | Path, geometry,
-                     peak_tables: Sequence[tuple[int, pd.DataFrame]], cell: str | None = None) -> None:
-    """The hits' peaks as CXI (linked to the frames), their CrystFEL event list, a geometry that reads both and
-    (``cell``: the text of a CrystFEL unit cell file) the .cell for ``indexamajig -p``."""
-    cxi_output = Path(cxi_output)
-    hits = [int(i) for i, _ in peak_tables]
-    write_cxi_peaks(cxi_output, [t for _, t in peak_tables], data_file=frames_path, frames=hits)
-    write_event_list(cxi_output.with_suffix(".lst"), cxi_output.resolve(), hits)
-    detector = geometry.replace_panels(data=DATA, dims=("%", "ss", "fs"))
-    atomic_write_text(cxi_output.with_suffix(".geom"), geometry_with_peak_list(detector.to_geom_text()))
-    if cell is not None:
-        atomic_write_text(cxi_output.with_suffix(".cell"), cell)
+def _score_chunk(source, chunk, predictor, peak_finder, signed, shapes, warning, frames_path, peak_tables,
+                 spool) -> pd.DataFrame:
+    """Scores (and peaks) of the source frames ``chunk``; peak tables of hits are appended to ``peak_tables``
+    (and hit frames to ``spool``)."""
+    factor = predictor.bin_factor
+    frames, counts, binned, masks, radii = [], [], [], [], []
+    for i in chunk:
+        frame = source.read(i)
+        good = frame.good
+        values = np.where(good, frame.counts, 0).astype(np.float32)
+        check_counts(values, good, signed, f"{frame.source_file or frames_path}: frame {frame.event}")
+        geometry = frame.geometry or source.geometry
+        shape = binned_shape(values.shape, factor)
+        if shape not in shapes:
+            shapes.add(shape)
+            for text in predictor.check_shape(shape, frame.source_file or frames_path):
+                warning("shape", text)
+        clen = frame.metadata.get("clen_m")
+        text = predictor.clen_warning(float(clen)) if clen is not None else None
+        if text is not None:
+            warning("clen", f"{frame.source_file or frames_path} {frame.event}: {text}")
+        frames.append(frame)
+        counts.append(values)
+        binned.append(binned_frames(values[None], good, factor)[0])
+        masks.append(mask_fraction(good, factor))
+        radii.append(predictor.radius(geometry) if predictor.needs_radius else None)
+    if len({b.shape for b in binned}) == 1:
+        scored = predictor.predict(np.stack(binned), np.stack(masks),
+                                   None if radii[0] is None else np.stack(radii))
+    else:
+        scored = pd.concat([predictor.predict(b[None], m, r) for b, m, r in zip(binned, masks, radii)],
+                           ignore_index=True)
+    scored.insert(0, "frame", chunk)
+    scored.insert(1, "event", [f.event for f in frames])
+    scored.insert(2, "source_file", [f.source_file for f in frames])
+    if peak_finder is not None:
+        found = []
+        for i, frame, values, hit in zip(chunk, frames, counts, scored["is_hit"]):
+            if not hit:
+                found.append(None)
+                continue
+            table = peak_finder.find(values, frame.good, centroid_good=frame.good & ~frame.saturated)
+            table = peaks_on_good_pixels(table, frame.good)
+            found.append(table)
+            peak_tables.append((i, table))
+            if spool is not None:
+                spool.add(i, frame.event, frame.source_file, values, frame.good)
+        scored["n_peaks"] = pd.array([len(t) if t is not None else pd.NA for t in found], dtype="Int64")
+    scored["n_masked"] = [f.n_masked for f in frames]
+    scored["n_saturated"] = [f.n_saturated for f in frames]
+    return scored
 
 
 def run_pipeline_on_split(frames: dict[str, str | Path], manifests: dict[str, str | Path],

@@ -277,13 +277,18 @@ def train_attribute(config: TrainConfig, features: dict[str, str | Path], split_
                 model, optimizer, scheduler = fresh()
                 start_epoch, history = 0, []
     class_names = [class_name(config.target, v) for v in class_values]
+    train_table = data.table[data.table["subset"] == "train"]
+    trained_on = {"binned_shape": [int(n) for n in data.counts.shape[1:]], "bin_factor": int(data.bin_factor),
+                  "photon_energy_ev": sorted(float(v) for v in train_table["photon_energy_ev"].unique()),
+                  "clen_m": sorted(float(v) for v in train_table["clen_m"].unique())}
 
     def snapshot(epoch: int) -> dict:
         return dict(model_state=model.state_dict(), optimizer_state=optimizer.state_dict(),
                     scheduler_state=scheduler.state_dict() if scheduler is not None else {}, epoch=epoch,
                     config=config.to_dict(), class_names=class_names,
                     class_values=[float(v) for v in class_values], input_shape=list(input_shape),
-                    inputs=list(model_inputs), history=history, bin_factor=data.bin_factor)
+                    inputs=list(model_inputs), history=history, bin_factor=data.bin_factor,
+                    trained_on=trained_on)
 
     binary = config.loss == "bce"
     for epoch in range(start_epoch, config.epochs):

@@ -63,7 +63,12 @@ def open_source(path: str | Path, geometry: Geometry | str | Path | None = None,
                 data_path: str | None = None) -> FrameSource:
     """Open frames by content (see the module docstring). ``geometry`` is a Geometry or a geometry file path;
     ``data_path`` overrides the frames dataset of a stack or CXI file. Raises DataFileError (one line)."""
-    kind = source_kind(path)
+    try:
+        kind = source_kind(path)
+    except DataFileError:
+        if geometry is None and data_path is None:
+            raise
+        kind = "stack"  # the frames may be at the geometry's ``data`` location (or data_path)
     if kind == "lst":
         return EventListSource(path, geometry=geometry, channel=channel)
     if kind == "nxmx":
