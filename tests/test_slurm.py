@@ -28,7 +28,9 @@ from conftest import REPO
 LOCAL_CLUSTER = "cxlslocal"  # ClusterName in tools/slurm/start.sh
 TEST_PROFILE = REPO / "profiles" / "slurm-local-test"
 DATA_STAGES = ("reflections", "water", "simulate_shard", "assemble")  # rules that must go through sbatch
-DATA_DIRS = ("datasets", "splits", "features")  # results/<dir>: data files compared with the local run
+DATA_DIRS = ("datasets", "splits", "features")  # <results_dir>/<dir>: data files compared with the local run
+# config/test.yaml writes to its own results folder (results/test)
+TINY_RESULTS = yaml.safe_load((REPO / "config" / "test.yaml").read_text())["results_dir"]
 GPU_RULE = "train"
 GPU_RULES = (GPU_RULE, "train_peaks", "train_paper_heatmap")  # the training rules: gpu=1 on the gpu partition
 
@@ -166,7 +168,7 @@ def h5_contents(path: Path) -> dict[str, tuple]:
 
 def result_files(workdir: Path) -> set[str]:
     """The run's output files (logs, benchmarks and Snakemake's own files left out)."""
-    results = workdir / "results"
+    results = workdir / TINY_RESULTS
     return {str(p.relative_to(workdir)) for p in results.rglob("*")
             if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks")}
 
@@ -254,7 +256,7 @@ def test_test_config_through_slurm_equals_a_local_run(local_slurm, tmp_path):
     assert result_files(slurm_dir) == result_files(local_dir)
     compared, identical_h5 = [], []
     for name in sorted(result_files(slurm_dir)):
-        if Path(name).parts[1] not in DATA_DIRS:
+        if Path(name).relative_to(TINY_RESULTS).parts[0] not in DATA_DIRS:
             continue
         a, b = slurm_dir / name, local_dir / name
         if a.suffix == ".h5":
@@ -265,7 +267,7 @@ def test_test_config_through_slurm_equals_a_local_run(local_slurm, tmp_path):
             assert a.read_bytes() == b.read_bytes(), f"{name} differs"
         compared.append(name)
     assert any(n.endswith("frames.h5") for n in compared) and any(n.endswith("manifest.csv") for n in compared)
-    assert any(n.startswith("results/splits/") for n in compared)
+    assert any(n.startswith(f"{TINY_RESULTS}/splits/") for n in compared)
 
     first = {rule: call for rule, _, call, _ in reversed(jobs)}
     print(f"\nslurm run + local run: {wall:.0f} s wall; {len(jobs)} jobs through sbatch {dict(sent)}, "

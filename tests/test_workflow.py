@@ -182,33 +182,6 @@ def test_changing_one_dataset_reruns_only_its_jobs(test_run, tmp_path):
     assert "Nothing to be done" in same.stdout + same.stderr
 
 
-@pytest.mark.parametrize("edit, key", [
-    (lambda c: c["defaults"].update(frames="many"), "defaults.frames"),
-    (lambda c: c["defaults"].update(colour="red"), "colour"),
-    (lambda c: c["datasets"]["01"].update(photon_energy_ev=-6000.0), "datasets.01.photon_energy_ev"),
-    (lambda c: c["datasets"].update({"a/b": {"clen_m": 0.1, "photon_energy_ev": 6000.0}}), "a/b"),
-    (lambda c: c["datasets"].update({"a b": {"clen_m": 0.1, "photon_energy_ev": 6000.0}}), "a b"),
-    (lambda c: c["structure"].update(synthetic=False, file="/nonexistent/1ic6.pdb"), "structure.file"),
-    (lambda c: c["datasets"]["01"].pop("clen_m"), "clen_m"),
-    (lambda c: c["splits"].update(bad={"datasets": ["nope"]}), "splits.bad.datasets"),
-    (lambda c: c["peaks"].update(split="nope"), "peaks.split"),
-    (lambda c: c["peaks"]["network"].update(crop_px=0), "peaks.network.crop_px"),
-    (lambda c: c["peaks"]["network"].update(crop_px=30), "peaks.network.crop_px"),
-    (lambda c: c["peaks"].update(finders=["peakfinder9"]), "peaks.finders"),
-])
-def test_malformed_configs_stop_before_any_job_with_one_line(tmp_path, edit, key):
-    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    edit(config)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = snakemake(tmp_path, "--configfile", str(path), "--cores", "1", check=False)
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("Using ")]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("config error:") and key in lines[0]
-    assert not (tmp_path / "results").exists()
-
-
 def test_a_killed_simulation_job_leaves_no_trusted_file(tmp_path):
     """Kill snakemake and its job mid-shard: the shard's final path never appears, and a rerun redoes it."""
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
