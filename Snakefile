@@ -34,4 +34,5 @@ rule all:
         all_dataset_outputs(),
         expand(res("splits/{split}.csv"), split=SPLITS),
         res("reports/index.html"),
+        res("pipeline/test_frames.lst"),
     default_target: True

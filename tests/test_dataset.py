@@ -164,3 +164,16 @@ def test_structure_job_of_the_default_config_runs_offline(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     text = (tmp_path / "resources" / "structure" / "1IC6.pdb").read_text()
     assert "CRYST1   67.288   67.288  106.582" in text
+
+
+def test_test_event_list_names_exactly_the_test_frames(tmp_path):
+    from cxlspeaks.dataset import write_test_event_list
+
+    split = tmp_path / "all.csv"
+    split.write_text("dataset,frame,subset\n01,0,train\n01,3,test\n02,1,test\n02,2,train\n")
+    frames = {"01": tmp_path / "a" / "frames.h5", "02": tmp_path / "b" / "frames.h5"}
+    write_test_event_list(split, frames, tmp_path / "test.lst")
+    assert (tmp_path / "test.lst").read_text().splitlines() == [f"{tmp_path / 'a' / 'frames.h5'} //3",
+                                                                 f"{tmp_path / 'b' / 'frames.h5'} //1"]
+    with pytest.raises(DataFileError):
+        write_test_event_list(split, {"01": frames["01"]}, tmp_path / "bad.lst")

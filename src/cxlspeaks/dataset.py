@@ -22,7 +22,7 @@ import pandas as pd
 
 from .crystal import Crystal
 from .io import (BACKGROUND, CLEN, HAS_PEAKS, PHOTON_ENERGY, RESULT, DataFileError, FrameStackWriter, atomic_path,
-                 bitshuffle_lz4, open_h5, read_dataset)
+                 atomic_write_text, bitshuffle_lz4, open_h5, read_dataset)
 from .seeding import frame_rng
 from .settings import DatasetSettings
 from .simulate.engine import FrameSimulator, PhotonRecorder, expected_water
@@ -251,3 +251,22 @@ def read_split(path: str | Path) -> pd.DataFrame:
     if list(table.columns[:3]) != ["dataset", "frame", "subset"]:
         raise DataFileError(f"{path}: expected columns dataset, frame, subset")
     return table
+
+
+def write_test_event_list(split_path: str | Path, frames: dict[str, str | Path], output: str | Path) -> None:
+    """The test frames of a split as a CrystFEL event list: ``/abs/path/frames.h5 //N`` per line, in split order.
+
+    Absolute paths, so that both ``cxlspeaks run LIST`` (which resolves relative names against the list's folder)
+    and ``indexamajig -i LIST`` (which resolves them against its working directory) read the same frames.
+
+    Raises:
+        DataFileError: the split names a dataset without a frames file.
+    """
+    split = read_split(split_path)
+    test = split[split["subset"] == "test"]
+    lines = []
+    for dataset, frame in zip(test["dataset"], test["frame"]):
+        if dataset not in frames:
+            raise DataFileError(f"{split_path}: names dataset {dataset!r}, which has no frames file")
+        lines.append(f"{Path(frames[dataset]).resolve()} //{int(frame)}\n")
+    atomic_write_text(output, "".join(lines))

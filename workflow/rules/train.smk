@@ -4,6 +4,7 @@
 
 localrules:
     report_index,
+    test_event_list,
 
 
 rule features:
@@ -126,6 +127,23 @@ rule pipeline_test:
         "../../envs/training.yaml"
     script:
         "../scripts/pipeline_test.py"
+
+
+rule test_event_list:
+    """The pipeline split's test frames as a CrystFEL event list, for `cxlspeaks run` and indexamajig."""
+    input:
+        split=res(f"splits/{config['training']['pipeline']['split']}.csv"),
+        frames=lambda wildcards: pipeline_inputs(wildcards)["frames"],
+    output:
+        res("pipeline/test_frames.lst"),
+    params:
+        datasets=lambda wildcards, input: dataset_names_of(input.frames),
+    log:
+        res("logs/test_event_list.log"),
+    conda:
+        "../../envs/simulation.yaml"
+    script:
+        "../scripts/test_event_list.py"
 
 
 rule report_index:
