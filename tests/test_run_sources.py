@@ -316,3 +316,15 @@ def test_an_event_list_of_two_files_with_events(models, tmp_path, capsys):
         assert [e.decode() for e in h5["/entry_1/result_1/event"][()]] == ["a.h5 //1", "b.h5 //0"]
     assert not list(cxi.parent.glob(".*tmp"))     # no spool left behind
     assert capsys.readouterr().err == ""
+
+
+def test_an_output_that_is_a_listed_frames_file_is_refused(models, tmp_path, capsys):
+    text = geom_text()
+    for name in ("a.h5", "b.h5"):
+        write_stack(tmp_path / name, frame_set(1, 0, 9000.0, 0.05, seed=71), text)
+    lst = tmp_path / "events.lst"
+    lst.write_text("a.h5\nb.h5 //0\n")
+    for name in ("a.h5", "b.h5"):
+        assert main(["run", str(lst), "--models", str(models), "-o", str(tmp_path / name), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "frames file listed in the input" in err[0] and name in err[0], err

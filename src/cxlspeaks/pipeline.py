@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, trained_on
-from .features import bin_sum, binned_frames, binned_radius_m, mask_fraction
+from .features import binned_frames, binned_radius_m, mask_fraction
 from .io import DataFileError, atomic_path
 from .run_checks import (CXI_SIBLINGS, RunArgumentError, check_counts, check_run_paths, check_source,  # noqa: F401
                          check_writable, cell_text, integer_source, list_files, run_outputs)
@@ -235,9 +235,9 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
         raise RunArgumentError("--cxi: a CXI peak list needs the peak network's checkpoint")
     if cell_file is not None and cxi_output is None:
         raise RunArgumentError(f"--cell {cell_file}: the cell file goes beside the CXI peaks; give --cxi too")
-    inputs = {"input frames file": frames_path, "--geometry": geometry_path, "--cell": cell_file,
-              **{f"{a} checkpoint": p for a, p in checkpoints.items()},
-              **{f"listed frames file": p for p in list_files(frames_path)}}
+    inputs = [("input frames file", frames_path), ("--geometry", geometry_path), ("--cell", cell_file),
+              *((f"{a} checkpoint", p) for a, p in checkpoints.items()),
+              *(("frames file listed in the input", p) for p in list_files(frames_path))]
     check_run_paths(inputs, run_outputs(output, cxi_output))
     cell = cell_text(cell_file) if cxi_output is not None else None
     warned: set[str] = set()

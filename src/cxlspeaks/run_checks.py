@@ -60,10 +60,12 @@ def run_outputs(output: str | Path | None, cxi_output: str | Path | None) -> dic
     return outputs
 
 
-def check_run_paths(inputs: dict[str, str | Path | None], outputs: dict[str, Path]) -> None:
+def check_run_paths(inputs, outputs: dict[str, Path]) -> None:
     """Refuse outputs that are an input (same file or same resolved path), that coincide with each other, or
-    that cannot be written (:func:`check_writable`). ``inputs``: label (option or 'input') -> path (None skipped)."""
-    named = [(label, Path(p)) for label, p in inputs.items() if p is not None]
+    that cannot be written (:func:`check_writable`). ``inputs``: label (option or 'input') -> path (None
+    skipped), a dict or a list of (label, path) pairs (labels may repeat)."""
+    pairs = inputs.items() if isinstance(inputs, dict) else inputs
+    named = [(label, Path(p)) for label, p in pairs if p is not None]
     seen: list[tuple[str, Path]] = []
     for label, path in outputs.items():
         for in_label, in_path in named:
