@@ -27,6 +27,7 @@ include: "workflow/rules/simulate.smk"
 include: "workflow/rules/assemble.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/peaks.smk"
+include: "workflow/rules/index.smk"
 
 
 rule all:

@@ -262,6 +262,32 @@ def check_splits(config: dict, settings: Mapping[str, Any]) -> None:
             raise ConfigError(f"{where}: no split {key!r} in splits")
 
 
+# ---------------------------------------------------------------------- indexing (peaks.index)
+#: indexamajig's indexing methods (CrystFEL 0.10-0.12), before any -latt/-cell/... suffix
+INDEXING_METHODS = {"asdf", "taketwo", "xgandalf", "mosflm", "dirax", "xds", "felix", "pinkindexer", "file"}
+
+
+def check_index(config: dict) -> None:
+    """peaks.index: known indexing methods, each once; a configured indexamajig given as a path must exist and be
+    executable (a bare name is looked up on PATH when the stage runs, and a missing one only skips the stage)."""
+    import os
+
+    index = config["peaks"].get("index", {})
+    methods = index.get("methods", [])
+    for i, method in enumerate(methods):
+        base = str(method).split("-", 1)[0].lower()
+        if base not in INDEXING_METHODS:
+            raise ConfigError(f"peaks.index.methods[{i}]: unknown indexing method {method!r}; known: "
+                              f"{', '.join(sorted(INDEXING_METHODS))}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError("peaks.index.methods: a method is named twice")
+    program = index.get("indexamajig")
+    if program is not None and ("/" in str(program)):
+        path = Path(program).expanduser()
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise ConfigError(f"peaks.index.indexamajig: {program} is not an executable file")
+
+
 # ---------------------------------------------------------------------- everything, in the workflow's order
 def snakemake_fill_defaults(schema_path: str | Path) -> Callable[[dict], None]:
     """Snakemake's ``validate`` against the schema (it fills in the defaults), its errors as :class:`ConfigError`."""
@@ -297,6 +323,7 @@ def check_config(config: dict, schema_path: str | Path, configfiles: Iterable[st
     check_datasets(config, settings, repo_root)
     check_attributes(config)
     check_splits(config, settings)
+    check_index(config)
     structure = config["structure"]
     if structure["file"] is not None and not structure["synthetic"] and not Path(structure["file"]).is_file():
         raise ConfigError(f"structure.file: {structure['file']} does not exist")

@@ -138,7 +138,9 @@ def peak_report(predictions: dict[str, str | Path], timings: dict[str, str | Pat
                 manifests: dict[str, str | Path], split_path: str | Path, output_dir: str | Path,
                 radius_px: float = 2.0, examples: int = 3, seed: int = 0) -> pd.DataFrame:
     """results/reports/peaks/: metrics.csv and metrics.json (one row per finder, flux level and min_photons),
-    recall_by_photons.csv, recall_vs_photons.png and examples.png (true and found peaks on test frames)."""
+    recall_by_photons.csv, bound.csv (the detection bound's recall per photon bin at every finder's false-peak
+    rate, :mod:`cxlspeaks.detection_bound`), recall_vs_photons.png (the bound dashed) and examples.png (true and
+    found peaks on test frames)."""
     from .report import plot_peak_examples, plot_recall_vs_photons
 
     output_dir = Path(output_dir)
@@ -159,7 +161,13 @@ def peak_report(predictions: dict[str, str | Path], timings: dict[str, str | Pat
     recall = recall_by_photons(truth, by=["finder", "flux"])
     with atomic_path(output_dir / "recall_by_photons.csv") as tmp:
         recall.to_csv(tmp, index=False)
-    plot_recall_vs_photons(recall, output_dir / "recall_vs_photons.png")
+    rates = (per_empty.rename("false_per_empty_frame").to_frame().join(n_empty.rename("n_empty")).reset_index()
+             if len(n_empty) else pd.DataFrame(columns=["finder", "flux", "false_per_empty_frame", "n_empty"]))
+    rates = _rates_of_every_flux(rates, keys)
+    bound = bound_of_finders(truth, frames, rates, recall)
+    with atomic_path(output_dir / "bound.csv") as tmp:
+        bound.to_csv(tmp, index=False)
+    plot_recall_vs_photons(recall, output_dir / "recall_vs_photons.png", bound=bound)
     rows = test_rows(split_path)
     crystal = rows.merge(keys.drop_duplicates(["dataset", "frame"]), on=["dataset", "frame"])
     crystal = crystal[crystal["has_peaks"].astype(bool)]
@@ -167,6 +175,33 @@ def peak_report(predictions: dict[str, str | Path], timings: dict[str, str | Pat
     plot_peak_examples(chosen, frames, {f: read_predictions(p, chosen) for f, p in predictions.items()},
                        output_dir / "examples.png")
     return table
+
+
+def _rates_of_every_flux(rates: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
+    """One rate row per (finder, flux) of the test frames; a flux level without empty test frames gets n_empty 0
+    (the bound then uses one false peak per frame, :func:`cxlspeaks.detection_bound.false_rate_used`)."""
+    every = keys[["finder", "flux"]].drop_duplicates()
+    out = every.merge(rates, on=["finder", "flux"], how="left")
+    out["n_empty"] = out["n_empty"].fillna(0).astype(int)
+    return out.reset_index(drop=True)
+
+
+def bound_of_finders(truth: pd.DataFrame, frames: dict[str, str | Path], rates: pd.DataFrame,
+                     recall: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The detection bound (:mod:`cxlspeaks.detection_bound`) of every finder's false-peak rate and flux level, on
+    the true reflections of the test frames (one finder's truth table: they are the same for all)."""
+    from .detection_bound import detection_bound
+    from .frames import FramesFile
+
+    if truth.empty:
+        one = truth
+    else:
+        one = truth[truth["finder"] == truth["finder"].iloc[0]].reset_index(drop=True)
+    good = {}
+    for dataset in sorted(set(one["dataset"])):
+        with FramesFile(frames[dataset]) as source:
+            good[dataset] = np.asarray(source.mask, bool)
+    return detection_bound(one, frames, good, rates, recall)
 
 
 def _example_frames(crystal: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

@@ -99,14 +99,20 @@ FINDER_STYLE = {"network": ("tab:red", "+"), "peakfinder8": ("tab:blue", "x"),
                 "peakfinder8_crystfel": ("tab:cyan", "1"), "paper_heatmap": ("tab:green", "^")}
 
 
-def plot_recall_vs_photons(recall: pd.DataFrame, path: str | Path) -> None:
-    """Recall of every finder against the true reflection's expected photons, one panel per flux level."""
+def plot_recall_vs_photons(recall: pd.DataFrame, path: str | Path, bound: pd.DataFrame | None = None) -> None:
+    """Recall of every finder against the true reflection's expected photons, one panel per flux level; with
+    ``bound`` (bound.csv) the detection bound at each finder's false-peak rate dashed in the finder's colour."""
     fluxes = [f for f in FLUX_LEVELS if f in set(recall["flux"])]
     fig, axes = plt.subplots(1, max(len(fluxes), 1), figsize=(4.2 * max(len(fluxes), 1), 3.4), squeeze=False)
     for ax, flux in zip(axes[0], fluxes):
         for finder, group in recall[recall["flux"] == flux].groupby("finder", sort=True):
             color, marker = FINDER_STYLE.get(finder, ("black", "o"))
             ax.plot(group["bin"], group["recall"], marker=marker, color=color, label=finder)
+            if bound is not None and len(bound):
+                mine = bound[(bound["finder"] == finder) & (bound["flux"] == flux)]
+                mine = mine.set_index("bin").reindex(group["bin"])
+                ax.plot(group["bin"], mine["bound_recall"].to_numpy(), linestyle="--", color=color, linewidth=1.0,
+                        label=f"{finder} bound" if flux == fluxes[0] else None)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("expected photons of the reflection")
         ax.set_ylabel("recall")
@@ -164,6 +170,49 @@ def plot_peak_examples(frames_table: pd.DataFrame, frames: dict, predictions: di
     _save(fig, path)
 
 
+def _bound_section(peaks: Path) -> list[str]:
+    """The detection bound beside every finder's recall (bound.csv), one column per photon bin."""
+    path = peaks / "bound.csv"
+    if not path.exists():
+        return []
+    bound = pd.read_csv(path)
+    if bound.empty:
+        return []
+    order = list(dict.fromkeys(bound["bin"]))
+    cells = bound.assign(value=[f"{r:.3f} / {b:.3f}" if np.isfinite(r) or np.isfinite(b) else ""
+                                for r, b in zip(bound["finder_recall"], bound["bound_recall"])])
+    table = cells.pivot_table(index=["finder", "flux", "false_per_empty_frame"], columns="bin", values="value",
+                              aggfunc="first")[order].reset_index()
+    return ["<h3>Detection bound</h3><p>Recall of each finder / of the detection bound, per expected-photon bin: "
+            "the uniformly most powerful Poisson counts test at each true reflection's known position over its "
+            "water background (Neyman-Pearson), at the per-position false-alarm level that gives the finder's own "
+            "false peaks per empty frame (<code>bound.csv</code>; dashed in the figure above).</p>",
+            table.to_html(index=False, float_format="%.3f")]
+
+
+def _indexing_section(peaks: Path) -> list[str]:
+    """indexing.csv: indexamajig on every finder's peaks (per flux level over the datasets), or its skip line."""
+    path = peaks / "indexing.csv"
+    if not path.exists():
+        return []
+    table = pd.read_csv(path, dtype={"dataset": str})
+    parts = ["<h3>Indexing (CrystFEL indexamajig)</h3>"]
+    statuses = [s for s in dict.fromkeys(table["status"].astype(str)) if s != "ok"]
+    if len(statuses) == 1 and statuses[0].startswith("skipped"):
+        return parts + [f"<p>{html.escape(statuses[0])}.</p>"]
+    version = table["indexamajig"].dropna().astype(str)
+    parts.append("<p>Each finder's peaks on the first test crystal frames of every dataset, indexed with "
+                 f"<code>{html.escape(version.iloc[0] if len(version) else 'indexamajig')}</code> "
+                 f"(<code>--indexing={html.escape(str(table['methods'].iloc[0]))}</code>); a solution is correct "
+                 "when its reciprocal axes match a symmetry-equivalent true basis (1 % length, 1 degree), wrong "
+                 "otherwise; <code>truth</code>: the true reflections of &ge; 3 photons.</p>")
+    shown = table[table["dataset"] == "all"] if (table["dataset"] == "all").any() else table
+    columns = ["finder", "flux", "frames", "indexed", "correct", "wrong", "indexing_rate", "correct_rate",
+               "mean_peaks", "status"]
+    parts.append(shown[columns].to_html(index=False, float_format="%.3f", na_rep=""))
+    return parts
+
+
 def write_index(reports_dir: str | Path, attributes: Sequence[str], pipeline_csv: str | Path | None,
                 config: dict, output: str | Path, peaks_dir: str | Path | None = None) -> None:
     """results/reports/index.html: every attribute's matrix, curves and metrics, the pipeline table, the config."""
@@ -209,6 +258,8 @@ def write_index(reports_dir: str | Path, attributes: Sequence[str], pipeline_csv
         for name in ("recall_vs_photons.png", "examples.png"):
             if (peaks / name).exists():
                 parts.append(f"<img src='{relative}/{name}' alt='peaks {name}' style='max-width:1100px'>")
+        parts.extend(_bound_section(peaks))
+        parts.extend(_indexing_section(peaks))
     if pipeline_csv is not None and Path(pipeline_csv).exists():
         table = pd.read_csv(pipeline_csv, dtype={"dataset": str})
         parts.append("<h2>Pipeline on the test frames</h2>")

@@ -1,5 +1,6 @@
 # Peak finding: train the peak network and the source paper's heatmap model on the peaks split's training frames
-# (GPU jobs when a GPU is given), run every finder over its test frames, and report matching metrics.
+# (GPU jobs when a GPU is given), run every finder over its test frames, and report matching metrics beside the
+# detection bound (bound.csv).
 
 
 rule train_peaks:
@@ -77,6 +78,8 @@ rule find_peaks:
 rule peak_report:
     input:
         unpack(peak_report_inputs),
+        # made first, so the HTML index (which needs this report) shows it (workflow/rules/index.smk)
+        indexing=res("reports/peaks/indexing.csv"),
     output:
         metrics=report(res("reports/peaks/metrics.csv"), category="peaks", caption="../report/peaks.rst"),
         metrics_json=res("reports/peaks/metrics.json"),
@@ -84,6 +87,7 @@ rule peak_report:
         recall_png=report(res("reports/peaks/recall_vs_photons.png"), category="peaks",
                           caption="../report/peaks.rst"),
         examples=report(res("reports/peaks/examples.png"), category="peaks", caption="../report/peaks.rst"),
+        bound=res("reports/peaks/bound.csv"),
     params:
         finders=PEAK_FINDERS,
         datasets=lambda wildcards, input: dataset_names_of(input.frames),
