@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,13 +46,10 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def test_run(tmp_path_factory):
-    """One real run of config/test.yaml in a temporary directory."""
-    workdir = tmp_path_factory.mktemp("workflow")
-    config = workdir / "config.yaml"
-    shutil.copy(REPO / "config" / "test.yaml", config)
-    snakemake(workdir, "--configfile", str(config), "--cores", "2")
-    return workdir, yaml.safe_load(config.read_text())
+def test_run(tiny_run_checkout):
+    """The README's tiny run (`snakemake --cores 2 --configfile config/test.yaml`, typed in a fresh copy of the
+    repository: conftest.tiny_run_checkout): the copy and its config."""
+    return tiny_run_checkout, yaml.safe_load((tiny_run_checkout / "config" / "test.yaml").read_text())
 
 
 def test_dry_run_of_the_default_config_lists_every_stage_for_every_dataset(tmp_path):
@@ -178,7 +174,7 @@ def test_changing_one_dataset_reruns_only_its_jobs(test_run, tmp_path):
     assert counts["assemble"] == 1 and counts["simulate_shard"] == 2 and counts["water"] == 1
     assert "dataset=02" in out and "dataset=01" not in out and "reflections" not in counts
     # the unchanged config schedules nothing for the same target
-    same = snakemake(workdir, "--configfile", str(workdir / "config.yaml"), "-n", target)
+    same = snakemake(workdir, "--configfile", str(workdir / "config" / "test.yaml"), "-n", target)
     assert "Nothing to be done" in same.stdout + same.stderr
 
 
@@ -259,7 +255,7 @@ def test_pipeline_command_scores_a_frames_file(test_run, tmp_path):
     geom = workdir / TINY_RESULTS / "datasets" / "01" / "detector.geom"
     result = cxlspeaks_cli("run", str(plain), "--models", str(models), "--geometry", str(geom), "-o", str(again))
     assert result.returncode == 0, result.stderr
-    pd.testing.assert_frame_equal(pd.read_csv(again), table)
+    pd.testing.assert_frame_equal(pd.read_csv(again).drop(columns="source_file"), table.drop(columns="source_file"))
     summary = pd.read_csv(workdir / TINY_RESULTS / "pipeline" / "summary.csv")
     predictions = pd.read_csv(workdir / TINY_RESULTS / "pipeline" / "test_predictions.csv")
     assert summary.loc[0, "frames"] == len(predictions)
@@ -338,7 +334,7 @@ def test_pipeline_command_rejects_bad_input_with_exit_code_2(test_run, tmp_path)
     cases = [
         (["run", str(tmp_path / "missing.h5"), "--models", str(models)], "file not found"),
         (["run", str(truncated), "--models", str(models)], str(truncated)),
-        (["run", str(misshaped), "--models", str(models), "--geometry", str(geom)], "has shape"),
+        (["run", str(misshaped), "--models", str(models), "--geometry", str(geom)], "frame shape"),
         (["run", str(frames), "--models", str(models), "--hit-checkpoint",
           str(models / "clen" / "checkpoint.pt")], "is for attribute 'clen', not 'hit'"),
         (["run", str(frames), "--models", str(tmp_path)], "checkpoint not found"),

@@ -90,7 +90,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="CrystFEL unit cell file copied to the .cell beside --cxi (default: the 1IC6 cell)")
     run.add_argument("--no-peaks", action="store_true", help="skip peak finding (no peak network needed)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar on standard error")
+    # Listed here for --help; their own parsers (cxlspeaks.live.cli) read their options.
+    commands.add_parser("replay", add_help=False, help="serve a file of frames as a DECTRIS detector's stream "
+                        "(Stream V2/V1; `cxlspeaks replay --help`)")
+    commands.add_parser("live", add_help=False, help="score the Eiger stream live with N workers, CrystFEL-ready "
+                        "output and a web monitor (`cxlspeaks live --help`)")
     return parser
+
+
+#: subcommands with their own parsers: name -> (module, function) taking the arguments after the name
+_DELEGATED = {"replay": ("cxlspeaks.live.cli", "replay_main"), "live": ("cxlspeaks.live.cli", "live_main")}
 
 
 def _error(message: str) -> int:
@@ -100,6 +109,12 @@ def _error(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _DELEGATED:
+        import importlib
+
+        module, function = _DELEGATED[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
     try:
         args = _parser().parse_args(argv)
     except UsageError as exc:
