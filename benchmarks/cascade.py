@@ -21,6 +21,7 @@ import json
 import pickle
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,8 +50,8 @@ def simulate(n_crystal: int, first_frame: int, seed: int) -> list[dict]:
     from cxlspeaks.simulate.engine import FrameSimulator
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    structure = fetch_structure("1IC6", HERE / "results" / ".1IC6.pdb")
-    crystal = load_crystal(structure, config["structure"]["d_min_A"])
+    with tempfile.TemporaryDirectory() as tmp:   # the PDB file shipped in the package, no network
+        crystal = load_crystal(fetch_structure("1IC6", Path(tmp) / "1IC6.pdb"), config["structure"]["d_min_A"])
     n_empty = max(1, n_crystal // 4)
     out = []
     for flux, names in FLUX_DATASETS.items():

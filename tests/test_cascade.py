@@ -178,3 +178,24 @@ def test_bad_inputs():
 
     with pytest.raises(CheckpointError):
         CascadePeakFinder({"config": {"model": "peaknet"}})
+
+
+def test_ring_bins_of_a_prepared_detector(trained):
+    from cxlspeaks.geometry import shipped_geometry
+
+    _, checkpoint = trained
+    geometry = shipped_geometry("tiny", clen_m=0.15)
+    finder = CascadePeakFinder(checkpoint)
+    finder.prepare(geometry)
+    rng = np.random.default_rng(17)
+    good = geometry.mask
+    frame = rng.poisson(0.02, geometry.shape).astype(np.float32)
+    frame[60:63, 40:43] += 20
+    frame[~good] = 0
+    pc, _, level = finder.candidates(frame, good)
+    finder._clear()
+    assert finder._n_bins > 1 and finder._bins.shape == (geometry.shape[0] * geometry.shape[1],)
+    found = finder.find(frame, good)
+    assert ((found["ss"] - 61).abs().lt(1) & (found["fs"] - 41).abs().lt(1)).sum() == 1
+    with pytest.raises(ValueError, match="does not fit the prepared detector"):
+        finder.find(np.zeros(SHAPE, np.float32), np.ones(SHAPE, bool))

@@ -225,12 +225,14 @@ class CascadePeakFinder:
 
     def candidates(self, frame: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Stage (a): padded flat indices of the candidates, their features (n, N_FEATURES) float32 and the water
-        level of every background bin. Leaves the frame's good non-zero counts in the scratch image; call
-        :meth:`_clear` with the returned ``nonzero`` when done."""
+        level of every background bin (photons per pixel). Leaves the frame's good non-zero counts in the scratch
+        image for :meth:`refine`; call :meth:`_clear` when done. ValueError: not 2-D, a mask of another shape,
+        NaN or infinite counts at good pixels."""
         frame = np.asarray(frame)
         if frame.ndim != 2:
             raise ValueError(f"frame must be 2-D (ss, fs), got shape {frame.shape}")
-        self._setup(frame.shape, np.asarray(good, bool) if np.asarray(good).dtype != bool else good)
+        good = good if isinstance(good, np.ndarray) and good.dtype == bool else np.asarray(good, bool)
+        self._setup(frame.shape, good)
         nz, flat = self._nonzero(frame)
         n_fs = self._shape[1]
         ss, fs = np.divmod(nz, n_fs)
