@@ -186,8 +186,9 @@ def axis_errors(indexed: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray,
     """Per column: relative length difference |len_i / len_r - 1| and angle (degrees) between the vectors."""
     li = np.linalg.norm(indexed, axis=0)
     lr = np.linalg.norm(reference, axis=0)
-    cos = np.sum(indexed * reference, axis=0) / np.maximum(li * lr, 1e-300)
-    return np.abs(li / lr - 1.0), np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    sin = np.linalg.norm(np.cross(indexed.T, reference.T), axis=1)
+    cos = np.sum(indexed * reference, axis=0)
+    return np.abs(li / lr - 1.0), np.degrees(np.arctan2(sin, cos))
 
 
 def check_orientation(indexed: np.ndarray, true: np.ndarray, ops: np.ndarray | None = None,

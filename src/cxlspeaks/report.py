@@ -183,6 +183,7 @@ def _bound_section(peaks: Path) -> list[str]:
                                 for r, b in zip(bound["finder_recall"], bound["bound_recall"])])
     table = cells.pivot_table(index=["finder", "flux", "false_per_empty_frame"], columns="bin", values="value",
                               aggfunc="first")[order].reset_index()
+    table.columns.name = None
     return ["<h3>Detection bound</h3><p>Recall of each finder / of the detection bound, per expected-photon bin: "
             "the uniformly most powerful Poisson counts test at each true reflection's known position over its "
             "water background (Neyman-Pearson), at the per-position false-alarm level that gives the finder's own "
