@@ -348,3 +348,30 @@ def test_pipeline_command_rejects_bad_input_with_exit_code_2(test_run, tmp_path)
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_index_stage_and_detection_bound_of_the_tiny_run(test_run):
+    """indexing.csv (skipped in one line without indexamajig, else indexed), bound.csv and their report sections."""
+    from cxlspeaks.indexing import SKIPPED_NOT_FOUND, find_indexamajig
+
+    workdir, config = test_run
+    peaks = workdir / TINY_RESULTS / "reports" / "peaks"
+    table = pd.read_csv(peaks / "indexing.csv", dtype={"dataset": str})
+    finders = set(config["peaks"].get("finders", ["network", "peakfinder8", "peakfinder8_crystfel",
+                                                  "paper_heatmap"]))
+    assert set(table["finder"]) == finders | {"truth"}
+    log = (workdir / TINY_RESULTS / "logs" / "index_peaks.log").read_text()
+    if find_indexamajig() is None:
+        assert table["status"].str.startswith(SKIPPED_NOT_FOUND).all() and table["indexed"].isna().all()
+        assert log.count("\n") == 1 and SKIPPED_NOT_FOUND in log
+    else:
+        assert (table["status"] == "ok").all(), log[-2000:]
+        assert (table["correct"] + table["wrong"] <= table["indexed"]).all()
+    bound = pd.read_csv(peaks / "bound.csv")
+    recall = pd.read_csv(peaks / "recall_by_photons.csv")
+    both = bound.merge(recall, on=["finder", "flux", "bin"], suffixes=("", "_finder"))
+    assert len(both) == len(recall) == len(finders) * 3 * 4
+    assert (both["n_true"] == both["n_true_finder"]).all()
+    assert both["bound_recall"].dropna().between(0, 1).all()
+    html = (workdir / TINY_RESULTS / "reports" / "index.html").read_text()
+    assert "Detection bound" in html and "Indexing (CrystFEL indexamajig)" in html
