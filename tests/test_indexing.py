@@ -5,6 +5,7 @@ installed (CXLSPEAKS_INDEXAMAJIG or PATH; skipped otherwise)."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pandas as pd
@@ -221,3 +222,30 @@ def test_real_indexamajig_indexes_the_true_peaks_rightly(tiny_dataset):
     assert shifted["correct"].sum() == 0
     row = summary[(summary["finder"] == "truth") & (summary["dataset"] == "all")].iloc[0]
     assert row["indexing_rate"] == pytest.approx(row["indexed"] / row["frames"]) and "CrystFEL" in row["indexamajig"]
+
+
+@pytest.mark.parametrize("index, key", [
+    ({"methods": ["asdf", "fft"]}, "peaks.index.methods[1]"),
+    ({"methods": ["asdf", "asdf"]}, "peaks.index.methods"),
+    ({"methods": ["asdf"], "indexamajig": "/nowhere/bin/indexamajig"}, "peaks.index.indexamajig"),
+])
+def test_config_checks_of_peaks_index(index, key):
+    from cxlspeaks.config_checks import ConfigError, check_index
+
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: "):
+        check_index({"peaks": {"index": index}})
+    check_index({"peaks": {"index": {"methods": ["asdf-cell", "taketwo", "xgandalf-latt-cell"],
+                                     "indexamajig": "indexamajig"}}})     # a bare name: looked up when it runs
+
+
+def test_the_schema_fills_in_peaks_index():
+    from cxlspeaks.config_checks import snakemake_fill_defaults
+
+    from conftest import REPO
+
+    config = {"datasets": {"a": {"photon_energy_ev": 7000.0, "clen_m": 0.2}},
+              "training": {"attributes": {"hit": {"model": "hit_fcn", "split": "all"}}}}
+    snakemake_fill_defaults(REPO / "workflow" / "schemas" / "config.schema.yaml")(config)
+    index = config["peaks"]["index"]
+    assert index["enabled"] and index["indexamajig"] is None and index["frames_per_dataset"] == 20
+    assert index["methods"] == ["asdf", "taketwo"] and index["threads"] == 2
