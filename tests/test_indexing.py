@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy.spatial.transform import Rotation
 
-from cxlspeaks.crystal import CELL_1IC6_A, SPACEGROUP_1IC6, save_crystal
+from cxlspeaks.crystal import CELL_1IC6_A, save_crystal
 from cxlspeaks.indexing import (SKIPPED_NOT_FOUND, check_orientation, find_indexamajig, index_stage,
                                 indexamajig_command, lattice_symmetry_ops, parse_stream)
 
