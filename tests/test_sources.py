@@ -332,3 +332,20 @@ def test_unknown_layout_is_one_line(tmp_path):
         h5["/something"] = 1
     with pytest.raises(DataFileError, match="unknown layout"):
         open_source(path)
+
+
+def test_a_frames_file_with_peak_lists_is_a_stack_not_a_cheetah_cxi(tmp_path):
+    """cxlspeaks frames files hold /entry_1/result_1 (true peaks) beside /entry/data/data: still a stack."""
+    import h5py
+
+    from cxlspeaks.sources import source_kind
+
+    path = tmp_path / "frames.h5"
+    with h5py.File(path, "w") as h5:
+        h5["/entry/data/data"] = np.zeros((2, 4, 5), np.uint32)
+        h5["/entry_1/result_1/nPeaks"] = np.zeros(2, np.int32)
+    assert source_kind(path) == "stack"
+    cheetah = tmp_path / "cheetah.cxi"
+    with h5py.File(cheetah, "w") as h5:
+        h5["/entry_1/data_1/data"] = np.zeros((2, 4, 5), np.float32)
+    assert source_kind(cheetah) == "cxi"

@@ -43,10 +43,12 @@ def source_kind(path: str | Path) -> str:
         if "/entry/data/data_000001" in h5 or "/entry/instrument/detector/detectorSpecific" in h5 or (
                 _has_link(h5, "/entry/data", "data_000001")):
             return "nxmx"
+        # A frame stack at /entry/data/data comes first: cxlspeaks frames files (and the CXI files `--cxi` writes)
+        # also hold /entry_1/result_1 peak lists, which do not make them Cheetah CXI files.
+        if isinstance(h5.get("/entry/data/data"), h5py.Dataset):
+            return "stack"
         if "/entry_1" in h5:
             return "cxi"
-        if "/entry/data/data" in h5:
-            return "stack"
     raise DataFileError(f"{path}: unknown layout (not an NXmx master, CXI file, frame stack at /entry/data/data "
                         "or .lst event list)")
 
