@@ -149,8 +149,80 @@ def test_replay_through_live_equals_the_direct_scores(setup, tmp_path, protocol)
         with h5py.File(lst[0].split(" //")[0]) as h5:
             assert h5[DATA].shape == (n_hits, N_SS, N_FS)
             assert h5["/entry_1/result_1/nPeaks"].shape == (n_hits,)
+        import hdf5plugin  # noqa: F401  (the frames are bitshuffle-LZ4 chunks, the detector's own bytes)
+
+        with h5py.File(lst[0].split(" //")[0]) as h5:
+            for row, event in enumerate(h5["/entry_1/result_1/event"][()]):
+                image_id = int(event.decode().split("//")[1])
+                np.testing.assert_array_equal(h5[DATA][row], setup["frames"][image_id])
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["frames_processed"] == 12
+
+
+def _same_scores(fast, reference):
+    (row, peaks), (ref, ref_peaks) = fast, reference
+    assert set(row) == set(ref)
+    for key, value in ref.items():
+        if key == "hit_probability":
+            assert row[key] == pytest.approx(value, abs=1e-6)
+        elif isinstance(value, float) and np.isnan(value):
+            assert np.isnan(row[key]), key
+        else:
+            assert row[key] == value, key
+    assert (peaks is None) == (ref_peaks is None)
+    if peaks is not None:
+        pd.testing.assert_frame_equal(peaks, ref_peaks)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.0])
+def test_worker_path_from_non_zero_pixels_equals_the_frame_path(setup, threshold):
+    """FrameScorer.score_raw (binning, saturation and peakfinder8 from the non-zero pixels) gives what scoring the
+    stream's Frame gives: plain frames, saturated pixels, no-data markers outside and inside the good pixels
+    (the latter take the frame path), uint16, float counts, a pixel mask; threshold 0 makes every frame a hit."""
+    import dataclasses
+
+    from cxlspeaks.live.replay import series_info
+    from cxlspeaks.live.workers import FrameScorer
+    from cxlspeaks.sources.stream2 import make_frame
+
+    geometry = setup["geometry"]
+    scorer = FrameScorer(setup["models"], "peakfinder8", threshold=threshold)
+    reference = FrameScorer(setup["models"], "peakfinder8", threshold=threshold)
+    info = series_info(geometry, geometry.shape, 12, 1)
+    good = info.static_good(geometry.mask, "threshold_1")
+    masked = good.copy()
+    masked[10:14, 20:30] = False
+    frames = setup["frames"]
+    top = np.iinfo(np.uint32).max
+    marker_out, marker_in = frames[0].copy(), frames[0].copy()
+    marker_out[~geometry.mask] = top
+    marker_in[5, 5] = top
+    cases = [(info, f, good) for f in frames[:6]] + [
+        (dataclasses.replace(info, saturation_value=3), frames[1], good),
+        (info, marker_out, good), (info, marker_in, good),
+        (dataclasses.replace(info, saturation_value=None), frames[2].astype(np.uint16), good),
+        (info, frames[3].astype(np.float32), good), (info, frames[4], masked)]
+    saturated = 0
+    for k, (i, raw, g) in enumerate(cases):
+        fast = scorer.score_raw(i, k, raw, g, geometry)
+        _same_scores(fast, reference.score(make_frame(i, k, raw, g), geometry))
+        saturated += fast[0]["n_saturated"]
+    assert saturated > 0
+    if threshold == 0.0:
+        assert scorer.prepare(geometry, good)[1] is not None
+
+
+def test_live_radius_is_the_frames_radius():
+    from cxlspeaks.frames import radius_px
+    from cxlspeaks.geometry import parse_geometry
+    from cxlspeaks.live.workers import radius_px as live_radius
+
+    two_panels = parse_geometry(
+        "clen = 0.1\nres = 10000\na/min_fs = 0\na/max_fs = 9\na/min_ss = 0\na/max_ss = 7\na/corner_x = -5.3\n"
+        "a/corner_y = -4.1\na/fs = +0.8x +0.6y\na/ss = -0.6x +0.8y\nb/min_fs = 10\nb/max_fs = 19\nb/min_ss = 0\n"
+        "b/max_ss = 7\nb/corner_x = 7.7\nb/corner_y = 3.2\nb/fs = -1x\nb/ss = -1y\nb/res = 9000\n")
+    for geometry in (two_panels, tiny_geometry(n_fs=N_FS, n_ss=N_SS, pixel_size_m=1.2e-3)):
+        np.testing.assert_array_equal(live_radius(geometry), radius_px(geometry))
 
 
 def test_start_pixel_mask_reaches_the_finder(setup, tmp_path):
@@ -208,10 +280,14 @@ def test_killed_worker_shows_as_lost_frames_and_the_run_completes(setup, tmp_pat
         # kill one of our own worker processes: a child of this test process
         mine = [p for p in pids if _parent(p) == os.getpid()]
         assert mine, "no worker process found"
-        os.kill(mine[0], signal.SIGKILL)
-        time.sleep(1.0)
+        # a stopped worker stays connected, so the detector still deals it frames: they are in flight when it dies
+        # (the workers are fast enough to have finished frames 0-5 by now)
+        os.kill(mine[0], signal.SIGSTOP)
         for k in range(6, 12):
             sock.send(stream2.image_message(1, k, {"threshold_1": setup["frames"][k]}))
+        time.sleep(0.5)
+        os.kill(mine[0], signal.SIGKILL)
+        time.sleep(1.0)
         sock.send(stream2.end_message(1))
         sock.close(linger=5000)
 
@@ -290,3 +366,22 @@ def test_monitor_page_in_headless_chromium(setup, tmp_path):
     assert dom["png"] == b"\x89PNG\r\n\x1a\n"
     if summary["hits"]:
         assert "api/latest.png?serial=" in html                   # the image was updated by the page
+
+
+@pytest.mark.parametrize("kind", ["photons", "fractions", "no good bin"])
+def test_hit_fcn_logits_with_the_numpy_median_equal_the_model(kind):
+    import torch
+
+    from cxlspeaks.live.predict import hit_fcn_logits
+    from cxlspeaks.models import HitFCN
+
+    torch.manual_seed(0)
+    model = HitFCN((2, 30, 21)).eval()
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(0.7, size=(3, 1, 30, 21)).astype(np.float32)
+    if kind == "fractions":
+        counts = counts * np.float32(0.37)
+    mask = (rng.random((3, 1, 30, 21)) > 0.2).astype(np.float32) * (0.0 if kind == "no good bin" else 1.0)
+    x = torch.from_numpy(np.concatenate([counts, mask], axis=1))
+    with torch.no_grad():
+        assert torch.equal(hit_fcn_logits(model, x), model(x))

@@ -78,3 +78,12 @@ def test_stray_or_partial_messages_never_raise(raw):
     else:
         assert isinstance(event, stream2.Stray)
     assert isinstance(stream1.parse_v1([b"{\"htype\": \"dimage-1.0\"}"]), stream2.Stray)
+
+
+def test_replay_message_from_the_encoded_data_map_is_the_image_message():
+    from cxlspeaks.live.replay import image_bytes
+
+    frame = np.arange(12, dtype=np.uint32).reshape(3, 4)
+    data = cbor2.dumps({"threshold_1": stream2.encode_array(frame, "bslz4")})
+    for image_id in (0, 23, 300000):
+        assert image_bytes(7, image_id, data) == stream2.image_message(7, image_id, {"threshold_1": frame})

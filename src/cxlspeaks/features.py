@@ -43,6 +43,63 @@ def binned_frames(frames: np.ndarray, mask: np.ndarray, factor: int) -> np.ndarr
     return bin_sum(np.where(mask, frames, 0).astype(np.float32), factor)
 
 
+def bin_index(shape: tuple[int, int], factor: int) -> np.ndarray:
+    """Flat index, in the ``(ceil(ss / factor), ceil(fs / factor))`` layout of :func:`bin_sum`, of the bin of every
+    pixel of an (ss, fs) frame: int32 (ss * fs,), row-major."""
+    if factor < 1:
+        raise ValueError(f"bin factor must be >= 1, got {factor}")
+    ss, fs = shape
+    n_fs = -(-fs // factor)
+    return ((np.arange(ss, dtype=np.int32) // factor)[:, None] * n_fs
+            + (np.arange(fs, dtype=np.int32) // factor)[None, :]).ravel()
+
+
+_EXACT_F32 = float(2 ** 24)   # float32 holds every integer up to 2**24: integer sums below it are order-free
+
+
+def binned_sparse(bins: np.ndarray, values: np.ndarray, binned_shape: tuple[int, int]) -> np.ndarray | None:
+    """Sum ``values`` (the good non-zero pixels of one frame) into ``bins`` (their :func:`bin_index` entries;
+    entries >= the number of bins are left out, so a bin index that maps masked pixels past the end saves the caller
+    from selecting the good pixels).
+
+    Returns float32 ``binned_shape``, equal to :func:`binned_frames` of the frame (its zeros and masked pixels
+    add nothing), or None when that cannot be guaranteed: :func:`binned_frames` adds float32 numbers, which is exact
+    in any order only when every value is an integer after the float32 conversion and every bin's sum of absolute
+    values stays within 2**24 (the caller then bins the frame with :func:`binned_frames`)."""
+    values = np.asarray(values)
+    v32 = values.astype(np.float32)
+    n = int(np.prod(binned_shape))
+    if values.dtype.kind not in "biu":
+        with np.errstate(invalid="ignore"):
+            if not np.all(np.floor(v32) == v32):       # fractions or NaN (inf is caught below)
+                return None
+    sums = np.bincount(bins, weights=v32, minlength=n)[:n]
+    if len(v32):
+        magnitude = sums if values.dtype.kind in "bu" else \
+            np.bincount(bins, weights=np.abs(v32), minlength=n)[:n]
+        if not magnitude.max() <= _EXACT_F32:          # also False for inf or NaN
+            return None
+    return sums.astype(np.float32).reshape(binned_shape)
+
+
+def binned_frames_sparse(frames: np.ndarray, mask: np.ndarray, factor: int) -> np.ndarray:
+    """:func:`binned_frames` from the non-zero good pixels only (a sparse photon-counting frame costs a pass to
+    find them plus work proportional to their number); the same float32 (N, ss/f, fs/f) result, bit for bit."""
+    frames = np.asarray(frames)
+    *lead, ss, fs = frames.shape
+    shape = (-(-ss // factor), -(-fs // factor))
+    bins = bin_index((ss, fs), factor)
+    goods = np.broadcast_to(np.asarray(mask, bool), frames.shape).reshape(-1, ss * fs)
+    out = np.empty((*lead, *shape), np.float32).reshape(-1, *shape)
+    for i, (frame, good) in enumerate(zip(frames.reshape(-1, ss * fs), goods)):
+        nz = np.flatnonzero(frame != 0)
+        nz = nz[good[nz]]
+        binned = binned_sparse(bins[nz], frame[nz], shape)
+        out[i] = binned if binned is not None else \
+            binned_frames(frame.reshape(1, ss, fs), good.reshape(ss, fs), factor)[0]
+    return out.reshape(*lead, *shape)
+
+
 def mask_fraction(mask: np.ndarray, factor: int) -> np.ndarray:
     """Fraction of good pixels in every bin."""
     return (bin_sum(mask.astype(np.float32), factor) / factor ** 2).astype(np.float32)

@@ -8,9 +8,11 @@ from a series that ended | stray: no start message | error), ``worker``, the ``c
 ``hit_probability, is_hit, photon_energy_ev, photon_energy_probability, clen_m, clen_probability, n_peaks``, and
 ``n_saturated``, ``latency_ms`` (worker receive -> result, ms).
 RUN_DIR/hits_NNNN.cxi: ``hits_per_cxi`` hits each, the peaks in /entry_1/result_1 (CXI, raw convention) and the
-frames themselves in /entry/data/data (a stream has no file to link to) and their events in
-/entry_1/result_1/event; RUN_DIR/hits.lst lists each hit (``/abs/hits_NNNN.cxi //row``) once its file is
-complete, RUN_DIR/hits.geom reads them (``indexamajig -i hits.lst -g hits.geom --peaks=cxi``).
+frames themselves in /entry/data/data (a stream has no file to link to; bitshuffle-LZ4, one chunk per frame, the
+detector's own compressed bytes when it sent ``bslz4``: readers need the HDF5 filter, ``import hdf5plugin`` or, for
+CrystFEL, ``HDF5_PLUGIN_PATH``) and their events in /entry_1/result_1/event; RUN_DIR/hits.lst lists each hit
+(``/abs/hits_NNNN.cxi //row``) once its file is complete, RUN_DIR/hits.geom reads them
+(``indexamajig -i hits.lst -g hits.geom --peaks=cxi``).
 RUN_DIR/summary.json: frames received / processed / skipped / lost / stray, hits, hit rate, frames/s,
 latency p50/p99 (ms), per series.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -186,7 +189,7 @@ class Collector:
 
     def _hit(self, r: dict) -> None:
         peaks = r["peaks"]
-        frame = np.asarray(r["frame"])
+        frame = r["frame"] if hasattr(r["frame"], "payload") else np.asarray(r["frame"])   # bslz4 as sent
         self.latest_hit = {"event": r["event"], "frame": frame, "peaks": peaks, "n_peaks": int(r["n_peaks"]),
                            "hit_probability": float(r["hit_probability"]), "serial": self.hits}
         ss, fs = frame.shape
@@ -199,15 +202,28 @@ class Collector:
     def _write_cxi(self) -> None:
         import pandas as pd
 
-        from ..io import DATA, atomic_write_text, geometry_with_peak_list, write_cxi_peaks
+        import h5py
+
+        from ..io import DATA, atomic_write_text, create_frame_stack, geometry_with_peak_list, write_cxi_peaks
 
         if not self._hit_buffer:
             return
         path = (self.out / f"hits_{self._cxi_index:04d}.cxi").resolve()
         tables = [pd.DataFrame(p) for _, _, p in self._hit_buffer]
-        stack = np.stack([f for _, f, _ in self._hit_buffer])
+        frames = [f for _, f, _ in self._hit_buffer]
         events = np.array([e.encode() for e, _, _ in self._hit_buffer])
-        write_cxi_peaks(path, tables, extra={DATA: stack, "event": events})
+        # the frames as bitshuffle-LZ4 chunks, one per frame: the detector's own bytes where it sent them so
+        part = path.with_name(path.name + ".part")
+        write_cxi_peaks(part, tables, extra={"event": events})
+        with h5py.File(part, "a") as h5:
+            first = frames[0]
+            stack = create_frame_stack(h5, DATA, len(frames), tuple(first.shape), first.dtype)
+            for i, f in enumerate(frames):
+                if hasattr(f, "payload") and f.shape == tuple(first.shape) and f.dtype == first.dtype:
+                    stack.id.write_direct_chunk((i, 0, 0), f.payload.payload)
+                else:
+                    stack[i] = f.array() if hasattr(f, "payload") else f
+        os.replace(part, path)
         self._lst_lines += [f"{path} //{r}\n" for r in range(len(tables))]
         atomic_write_text(self.out / "hits.lst", "".join(self._lst_lines))
         if self._cxi_index == 0 and self.geometry is not None:

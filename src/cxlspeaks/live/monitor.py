@@ -58,7 +58,8 @@ def make_app(collector):
                 ax.text(0.5, 0.5, "no hit yet", ha="center")
                 ax.set_axis_off()
                 return
-            ax.imshow(np.log1p(np.asarray(hit["frame"], float)), cmap="gray_r", origin="upper")
+            frame = hit["frame"].array() if hasattr(hit["frame"], "payload") else hit["frame"]  # bslz4 as sent
+            ax.imshow(np.log1p(np.asarray(frame, float)), cmap="gray_r", origin="upper")
             ax.scatter(hit["peaks"]["fs"], hit["peaks"]["ss"], s=80, facecolors="none", edgecolors="red")
             ax.set_title(f"{hit['event']}: {hit['n_peaks']} peaks")
 

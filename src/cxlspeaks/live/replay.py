@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cbor2
 import numpy as np
 
 from ..sources import stream1, stream2
@@ -59,6 +60,15 @@ def series_info(geometry, shape, n_images: int, series_id: int, photon_energy_ev
         beam_center_px=(-float(panel.corner_x), -float(panel.corner_y)), pixel_size_m=1.0 / float(panel.res))
 
 
+def image_bytes(series_id: int, image_id: int, data_cbor: bytes) -> bytes:
+    """``stream2.image_message(series_id, image_id, data)`` from the CBOR encoding of its data map (``data_cbor`` =
+    ``cbor2.dumps(channel -> encoded array)``, made once per frame): the data map is the message's last entry."""
+    head = stream2.image_message(series_id, image_id, {})
+    if not head.endswith(b"\xa0"):   # an empty data map
+        raise AssertionError("image_message no longer ends with its data map")
+    return head[:-1] + data_cbor
+
+
 def wait_for_peers(socket, n: int, timeout_s: float) -> None:
     """Block until ``n`` peers completed the ZeroMQ handshake with ``socket`` (TimeoutError after timeout_s)."""
     import zmq
@@ -84,7 +94,8 @@ def replay(source, bind: str = "tcp://127.0.0.1:31001", protocol: str = "stream2
            count: int | None = None, compression: str = "bslz4", series_id: int = 1, send_start: bool = True,
            send_end: bool = True, wait_peers: int = 1, peer_timeout_s: float = 60.0, socket=None,
            header_detail: str = "all", channels=("threshold_1",), saturation_value: int | None = None,
-           number_of_images: int | None = None, frames: np.ndarray | None = None, geometry=None) -> int:
+           number_of_images: int | None = None, frames: np.ndarray | None = None, geometry=None,
+           arm_s: float = 0.0) -> int:
     """Serve the frames of ``source`` (a path; or ``frames`` + ``geometry`` given directly) as one series.
 
     Args:
@@ -98,6 +109,7 @@ def replay(source, bind: str = "tcp://127.0.0.1:31001", protocol: str = "stream2
         channels: stream2 channels; each carries the frame (``threshold_2`` doubled, ``difference`` = t1 - t2
             clipped at 0), so a channel choice is visible.
         number_of_images: stated in the start message (default ``count``).
+        arm_s: seconds between the start message and the first image (a detector armed before its trigger).
     Returns:
         images sent.
     Raises:
@@ -133,22 +145,27 @@ def replay(source, bind: str = "tcp://127.0.0.1:31001", protocol: str = "stream2
 
         def payload(k: int):
             if k not in encoded:
-                if protocol == "stream2":
+                if protocol == "stream2":   # the CBOR of the data map, once; each message only adds its header
                     t1 = frames[k]
                     planes = {"threshold_1": t1, "threshold_2": t1 * 2,
                               "difference": np.zeros_like(t1)}
-                    encoded[k] = {c: stream2.encode_array(planes[c], comp) for c in channels}
+                    encoded[k] = cbor2.dumps({c: stream2.encode_array(planes[c], comp) for c in channels})
                 else:
                     encoded[k] = stream1.image_parts(series_id, 0, frames[k], comp)
             return encoded[k]
 
+        for k in range(min(count, n_frames)):   # encode once, before the first message: sending is then a copy
+            payload(k)
         if send_start:
             if protocol == "stream2":
                 socket.send(stream2.start_message(
-                    series_id, info.shape, info.dtype, info.number_of_images, {c: info.pixel_mask["threshold_1"] for c in channels}, info.saturation_value,
+                    series_id, info.shape, info.dtype, info.number_of_images,
+                    {c: info.pixel_mask["threshold_1"] for c in channels}, info.saturation_value,
                     info.photon_energy_ev, info.clen_m, info.beam_center_px, info.pixel_size_m, channels, comp))
             else:
                 socket.send_multipart(stream1.header_message(info, header_detail))
+        if arm_s > 0:
+            time.sleep(arm_s)
         t0 = time.monotonic()
         for i in range(count):
             if rate:
@@ -157,7 +174,7 @@ def replay(source, bind: str = "tcp://127.0.0.1:31001", protocol: str = "stream2
                     time.sleep(delay)
             data = payload(i % n_frames)
             if protocol == "stream2":
-                socket.send(stream2.image_message(series_id, i, {}, encoded=data), copy=False)
+                socket.send(image_bytes(series_id, i, data), copy=False)
             else:
                 import json
 

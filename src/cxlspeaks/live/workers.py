@@ -21,6 +21,7 @@ Messages to the collector are pickled tuples: ``("hello", w, pid)``, ``("hb", w)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -36,17 +37,28 @@ ATTRIBUTES = ("hit", "photon_energy", "clen")
 
 
 class FrameScorer:
-    """Models and finder of one worker; ``score(frame, geometry, static_good)`` -> result dict (+ peaks)."""
+    """Models and finder of one worker.
+
+    ``score_raw(info, image_id, raw, static_good, geometry)`` is the worker's path: it reads a sparse
+    photon-counting frame through its non-zero pixels only (one pass to find them; binning, saturation count and
+    peakfinder8's statistics from them; the hit model through :class:`~cxlspeaks.live.predict.LivePredictor`) and
+    gives the result of ``score(make_frame(...), geometry)``, the reference path that scores a
+    :class:`~cxlspeaks.sources.base.Frame` as :func:`cxlspeaks.pipeline.run_pipeline` does (``binned_frames``,
+    ``FramePredictor.predict``); frames it cannot treat so (non-integer data, marker values inside the good
+    pixels, a saturation value <= 0) take that path.
+    """
 
     def __init__(self, models: str | Path, finder: str = "peakfinder8", threshold: float = 0.5,
                  threads: int = 1):
         import torch
 
         from ..pipeline import FramePredictor
+        from .predict import LivePredictor
 
         torch.set_num_threads(max(1, threads))
         models = Path(models)
         self.predictor = FramePredictor({a: models / a / "checkpoint.pt" for a in ATTRIBUTES}, threshold)
+        self.live = LivePredictor(self.predictor)
         if finder == "network":
             from ..peaknet import NetworkPeakFinder
 
@@ -55,19 +67,24 @@ class FrameScorer:
             raise ValueError(f"unknown finder {finder!r} (network or peakfinder8)")
         self.finder = finder
         self._prepared: dict = {}
+        self._by_id: dict = {}         # (id(geometry), id(good)) -> (geometry, good, prepared)
+        self._by_content: dict = {}    # (geometry text, shape, mask digest) -> prepared
+
+    def _make(self, geometry, good: np.ndarray):
+        from ..features import mask_fraction
+
+        pf8 = None
+        if self.finder == "peakfinder8":
+            from ..frames import panel_index
+            from ..peakfinder8 import PHOTON_COUNTING, Peakfinder8
+
+            pf8 = Peakfinder8(radius_px(geometry), good, PHOTON_COUNTING, panel_index(geometry))
+        return mask_fraction(good, self.predictor.bin_factor), pf8
 
     def _prepare(self, geometry, good: np.ndarray):
         key = (id(geometry), good.tobytes().__hash__())
         if key not in self._prepared:
-            from ..features import mask_fraction
-
-            pf8 = None
-            if self.finder == "peakfinder8":
-                from ..frames import panel_index, radius_px
-                from ..peakfinder8 import PHOTON_COUNTING, Peakfinder8
-
-                pf8 = Peakfinder8(radius_px(geometry), good, PHOTON_COUNTING, panel_index(geometry))
-            self._prepared = {key: (mask_fraction(good, self.predictor.bin_factor), pf8)}
+            self._prepared = {key: self._make(geometry, good)}
         return self._prepared[key]
 
     def score(self, frame, geometry) -> tuple[dict, object]:
@@ -86,6 +103,112 @@ class FrameScorer:
         row["is_hit"] = bool(row["is_hit"])
         return row, peaks
 
+    def prepare(self, geometry, good: np.ndarray) -> tuple:
+        """(binned mask, peakfinder8, flat good, bin index, binned shape) of a series' static good mask: made once
+        per distinct detector and mask (a new series of the same detector reuses them), looked up by identity."""
+        from ..features import bin_index
+
+        known = self._by_id.get((id(geometry), id(good)))
+        if known is not None and known[0] is geometry and known[1] is good:
+            return known[2]
+        try:
+            key = (geometry.to_geom_text(), good.shape, hashlib.blake2b(good.tobytes()).digest())
+        except Exception:      # a detector without a text form: by identity only
+            key = (id(geometry), id(good))
+        entry = self._by_content.get(key)
+        if entry is None:
+            binned_mask, pf8 = self._make(geometry, good)
+            f = self.predictor.bin_factor
+            shape = (-(-good.shape[0] // f), -(-good.shape[1] // f))
+            flat = good.ravel()
+            bins = np.where(flat, bin_index(good.shape, f), shape[0] * shape[1]).astype(np.int32)  # masked: past
+            entry = (binned_mask, pf8, flat, bins, shape)
+            if len(self._by_content) >= 4:
+                self._by_content.pop(next(iter(self._by_content)))
+            self._by_content[key] = entry
+        if len(self._by_id) >= 16:
+            self._by_id.clear()
+        self._by_id[(id(geometry), id(good))] = (geometry, good, entry)
+        return entry
+
+    def score_raw(self, info, image_id: int, raw: np.ndarray, static_good: np.ndarray, geometry
+                  ) -> tuple[dict, object]:
+        """``score(make_frame(info, image_id, raw, static_good), geometry)``, from the non-zero pixels."""
+        from ..features import binned_frames, binned_sparse
+        from ..sources.stream2 import make_frame
+
+        raw = np.asarray(raw)
+        sat = info.saturation_value
+        if raw.dtype.kind not in "ui" or raw.shape != static_good.shape or (sat is not None and sat <= 0):
+            return self.score(make_frame(info, image_id, raw, static_good), geometry)
+        flat = raw.ravel()
+        nz = np.flatnonzero(flat != 0)
+        values = flat[nz]
+        binned_mask, pf8, good, bins, shape = self.prepare(geometry, static_good)
+        top = np.iinfo(raw.dtype).max
+        if sat is None or sat < top:       # make_frame masks the no-data marker: only outside the good pixels here
+            if good[nz[values == top]].any():
+                return self.score(make_frame(info, image_id, raw, static_good), geometry)
+        n_saturated = int(np.count_nonzero(good[nz[values >= sat]])) if sat is not None else 0
+        binned = binned_sparse(bins[nz], values, shape)    # masked pixels map past the last bin
+        if binned is None:
+            binned = binned_frames(raw[None], static_good, self.predictor.bin_factor)[0]
+        row = self.live.predict(binned[None], binned_mask, geometry)[0]
+        peaks = None
+        if row["is_hit"]:
+            exact = values.size == 0 or (values.max() <= 2 ** 24 and values.min() >= -2 ** 24)
+            if pf8 is not None and exact:  # float32 counts hold these values exactly: read them as they are
+                peaks = pf8.find(raw, nonzero=(nz, values))
+            elif pf8 is not None:
+                peaks = pf8.find(raw.astype(np.float32))
+            else:
+                peaks = self.network.find(raw.astype(np.float32), static_good)
+        row["n_peaks"] = len(peaks) if peaks is not None else np.nan
+        row["n_saturated"] = n_saturated
+        return row, peaks
+
+
+def radius_px(geometry) -> np.ndarray:
+    """:func:`cxlspeaks.frames.radius_px`, the same float64 numbers, panel by panel, without the detector's
+    (ss, fs, 3) pixel-position array (the same operations in the same order on its x and y components)."""
+    out = np.full(geometry.shape, np.nan)
+    for p in geometry.panels:
+        u = np.arange(p.n_fs) + 0.5
+        v = np.arange(p.n_ss) + 0.5
+        corner, fs, ss = p.corner_m(), p.fs_m(), p.ss_m()
+        x = corner[0] + u[None, :] * fs[0] + v[:, None] * ss[0]
+        y = corner[1] + u[None, :] * fs[1] + v[:, None] * ss[1]
+        out[p.min_ss:p.max_ss + 1, p.min_fs:p.max_fs + 1] = np.hypot(x, y) * np.float64(p.res)
+    return out
+
+
+def keep_memory(prefault_mb: int = 0) -> None:
+    """Keep freed memory in this process (glibc: no trimming, large blocks from the heap) and touch
+    ``prefault_mb`` MiB of it now: each frame's buffers (18 MB counts for a 4M Eiger) then reuse pages instead of
+    faulting in new ones, which costs more than the frame's arithmetic on some virtual machines. No-op elsewhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 31)   # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return
+    if prefault_mb > 0:
+        np.ones(prefault_mb << 20, np.uint8)   # touched, freed, kept
+
+
+def _as_sent(encoded, raw: np.ndarray):
+    """A hit's frame for the collector: the detector's own bitshuffle-LZ4 bytes when they are one HDF5 chunk of
+    the (ss, fs) frame (the collector writes them as they are, ~30x smaller than the counts), else the counts."""
+    from ..sources.stream2 import Compressed, EncodedArray
+
+    if (isinstance(encoded, EncodedArray) and type(encoded.payload) is Compressed
+            and encoded.payload.algorithm == "bslz4" and encoded.payload.elem_size == raw.dtype.itemsize
+            and encoded.shape == raw.shape and not encoded.column_major and encoded.dtype == raw.dtype):
+        return encoded
+    return raw
+
 
 def worker_main(index: int, config: dict) -> None:
     """Entry point of worker ``index`` (a spawned process). ``config``: connect, protocol, channel, collector,
@@ -98,6 +221,7 @@ def worker_main(index: int, config: dict) -> None:
     out = ctx.socket(zmq.PUSH)
     out.connect(config["collector"])
     send = out.send_pyobj
+    keep_memory(config.get("prefault_mb", 512))
     try:
         scorer = FrameScorer(config["models"], config["finder"], threads=config.get("threads", 1))
         geometry_file = None
@@ -153,6 +277,11 @@ class Worker:
             self.send(("stray", self.index, f"series {info.series_id}: {exc}"))
             geometry, good = None, None
         self.series[info.series_id] = (info, geometry, good)
+        if good is not None:   # the detector's look-up tables now, before its first image
+            try:
+                self.scorer.prepare(geometry, good)
+            except ValueError as exc:   # the first image reports it
+                log.warning("series %s: %s", info.series_id, exc)
         self.queue.extend(self.pending.pop(info.series_id, []))
 
     def receive(self) -> None:
@@ -190,7 +319,7 @@ class Worker:
                 self.send(("stray", self.index, event.reason))
 
     def process(self, t_received: float, image) -> None:
-        from ..sources.stream2 import StreamError, make_frame
+        from ..sources.stream2 import StreamError
 
         info, geometry, good = self.series[image.series_id]
         base = {"series_id": image.series_id, "image_id": image.image_id, "worker": self.index,
@@ -203,8 +332,7 @@ class Worker:
             if geometry is None:
                 raise StreamError(f"series {image.series_id}: no usable detector description")
             raw = image.channel(self.config["channel"])
-            frame = make_frame(info, image.image_id, raw, good)
-            row, peaks = self.scorer.score(frame, geometry)
+            row, peaks = self.scorer.score_raw(info, image.image_id, raw, good, geometry)
         except (StreamError, ValueError) as exc:
             base.update(status="error", error=str(exc).splitlines()[0],
                         latency_ms=(time.monotonic() - t_received) * 1e3)
@@ -213,7 +341,7 @@ class Worker:
         base.update(row, status="processed", latency_ms=(time.monotonic() - t_received) * 1e3)
         if peaks is not None:
             base["peaks"] = {c: peaks[c].to_numpy() for c in ("fs", "ss", "photons", "snr") if c in peaks}
-            base["frame"] = raw
+            base["frame"] = _as_sent(image.data[self.config["channel"]], raw)
         self.send(("result", self.index, base))
 
     def loop(self) -> None:
