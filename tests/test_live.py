@@ -101,6 +101,8 @@ def _run_live(setup, out, protocol="stream2", workers=2, feed=None, **kwargs):
     """live() in a thread; ``feed(endpoint)`` replays into it once every worker is connected."""
     from cxlspeaks.live import live
 
+    kwargs.setdefault("prefault_mb", 0)   # tiny frames
+
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     ready = mp.get_context("spawn").Event()
     result = {}

@@ -25,7 +25,7 @@ def live(connect: str, models: str | Path, out: str | Path, workers: int = 2, ge
          finder: str = "peakfinder8", http: str | None = None, channel: str = "threshold_1",
          protocol: str = "stream2", max_age_s: float = 2.0, hits_per_cxi: int = 100,
          heartbeat_timeout_s: float = 10.0, stop_after_end: bool = True, max_seconds: float | None = None,
-         ready: "mp.Event | None" = None, threads_per_worker: int = 1) -> dict:
+         ready: "mp.Event | None" = None, threads_per_worker: int = 1, prefault_mb: int = 512) -> dict:
     """Run the live analysis; returns the summary (also RUN_DIR/summary.json).
 
     Args:
@@ -37,6 +37,9 @@ def live(connect: str, models: str | Path, out: str | Path, workers: int = 2, ge
         http: ``HOST:PORT`` of the web monitor (None: none).
         max_age_s: a frame waiting longer than this in a worker is skipped (s).
         ready: set once every worker is connected (tests, benchmarks).
+        prefault_mb: memory each worker touches (and keeps) before it connects, so that building a detector's
+            look-up tables and each frame's buffers reuse pages instead of faulting in new ones
+            (:func:`~cxlspeaks.live.workers.keep_memory`).
     Raises:
         ValueError: bad arguments, or a worker that cannot start (its one-line reason).
     """
@@ -62,7 +65,7 @@ def live(connect: str, models: str | Path, out: str | Path, workers: int = 2, ge
     config = {"connect": connect, "protocol": protocol, "channel": channel, "models": str(models),
               "geometry": str(geometry) if geometry else None, "finder": finder, "max_age_s": max_age_s,
               "collector": f"tcp://127.0.0.1:{port}", "control": f"tcp://127.0.0.1:{control_port}",
-              "threads": threads_per_worker}
+              "threads": threads_per_worker, "prefault_mb": prefault_mb}
     spawn = mp.get_context("spawn")
     procs = {i: spawn.Process(target=worker_main, args=(i, config), daemon=True, name=f"cxlspeaks-worker-{i}")
              for i in range(workers)}
