@@ -18,12 +18,12 @@ WATER = 0.01
 SIGMA = 0.6
 
 
-def spot_frame(rng: np.random.Generator, n_spots: int, photons=(2, 200), good=None, water=WATER):
+def spot_frame(rng: np.random.Generator, n_spots: int, photons=(2, 200), good=None, water=WATER, shape=SHAPE):
     """Poisson water plus spots of exactly n photons each, photon positions drawn from a Gaussian (sigma SIGMA)
     around a random centre (raw convention: pixel centre at the integer index)."""
-    frame = rng.poisson(water, SHAPE).astype(np.float32)
-    ss = rng.uniform(10, SHAPE[0] - 10, n_spots)
-    fs = rng.uniform(10, SHAPE[1] - 10, n_spots)
+    frame = rng.poisson(water, shape).astype(np.float32)
+    ss = rng.uniform(10, shape[0] - 10, n_spots)
+    fs = rng.uniform(10, shape[1] - 10, n_spots)
     keep = np.ones(n_spots, bool)
     for k in range(n_spots):  # no two spots within 8 px (one-to-one matching needs separable spots)
         keep[k] = np.all(np.hypot(ss[:k][keep[:k]] - ss[k], fs[:k][keep[:k]] - fs[k]) > 8)
@@ -199,3 +199,37 @@ def test_ring_bins_of_a_prepared_detector(trained):
     assert ((found["ss"] - 61).abs().lt(1) & (found["fs"] - 41).abs().lt(1)).sum() == 1
     with pytest.raises(ValueError, match="does not fit the prepared detector"):
         finder.find(np.zeros(SHAPE, np.float32), np.ones(SHAPE, bool))
+
+
+def test_the_workflow_settings_are_the_cascade_config():
+    """peaks.cascade of the config schema: CascadeConfig's fields with its defaults (match_radius_px and seed come
+    from peaks.match_radius_px and the run's seed); `cascade` is a finder of the evaluation."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from cxlspeaks.peak_evaluation import FINDERS, make_finder
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    peaks = schema["properties"]["peaks"]["properties"]
+    settings = peaks["cascade"]["properties"]
+    defaults = {f.name: f.default for f in dataclasses.fields(CascadeConfig)}
+    assert set(settings) <= set(defaults) - {"match_radius_px", "seed"}
+    assert {k: v["default"] for k, v in settings.items()} == {k: defaults[k] for k in settings}
+    assert "cascade" in FINDERS and "cascade" in peaks["finders"]["default"]
+    assert "cascade" in peaks["finders"]["items"]["enum"]
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        make_finder("cascade")
+
+
+def test_make_finder_loads_a_saved_cascade(trained, tmp_path):
+    from cxlspeaks.peak_evaluation import make_finder
+
+    finder, checkpoint = trained
+    finder.save(tmp_path / "c.pt")
+    loaded = make_finder("cascade", tmp_path / "c.pt", threads=1)
+    rng = np.random.default_rng(2)
+    frame, _ = spot_frame(rng, 10)
+    good = np.ones(SHAPE, bool)
+    pd.testing.assert_frame_equal(loaded.find(frame, good), finder.find(frame, good))

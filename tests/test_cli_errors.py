@@ -178,6 +178,11 @@ def _bad_inputs(s: dict) -> dict:
         "peaks checkpoint no threshold": ([str(frames), *m, "--peaks-checkpoint", _without(bad, "peaks", "threshold")],
                                           "has no threshold"),
         "--cxi with --no-peaks": ([str(frames), *m, "--no-peaks", "--cxi", str(bad / "p.cxi")], "--cxi needs peak"),
+        "missing cascade checkpoint": ([str(frames), *m, "--finder", "cascade"],
+                                       "snakemake --cores 2 results/models/peaks_cascade/checkpoint.pt"),
+        "cascade checkpoint of the network": ([str(frames), *m, "--finder", "cascade", "--peaks-checkpoint",
+                                               str(models / "peaks" / "checkpoint.pt")], "not 'peaks_cascade'"),
+        "unknown finder": ([str(frames), *m, "--finder", "magic"], "--finder"),
         "--cell without --cxi": ([str(frames), *m, "--cell", str(geom)], "give --cxi too"),
         "--cell missing": ([str(frames), *m, "--cxi", str(bad / "p.cxi"), "--cell", str(bad / "absent.cell")],
                            "--cell"),
@@ -215,7 +220,8 @@ CASES = ["missing frames", "truncated frames", "not hdf5", "no data", "mis-shape
          "checkpoint without input_shape", "checkpoint wrong shapes", "checkpoint unknown model",
          "checkpoint no classes", "checkpoint no class values", "checkpoint NaN weights", "NaN model outputs",
          "checkpoint for other frames", "peaks checkpoint of hit", "peaks checkpoint no threshold",
-         "--cxi with --no-peaks", "--cell without --cxi", "--cell missing", "--cell not a cell"]
+         "--cxi with --no-peaks", "--cell without --cxi", "--cell missing", "--cell not a cell",
+         "missing cascade checkpoint", "cascade checkpoint of the network", "unknown finder"]
 
 
 def test_the_table_lists_every_case(bad_inputs):
@@ -304,3 +310,45 @@ def test_cxi_writes_the_cell_file_beside_the_peaks(setup, tmp_path, capsys):
     assert main([*args, "--cxi", str(cxi), "--cell", str(mine)]) == 0
     assert cxi.with_suffix(".cell").read_text() == mine.read_text()
     assert capsys.readouterr().err == ""
+
+
+def test_finder_cascade_gives_the_cascade_peaks(setup, tmp_path, capsys):
+    """`--finder cascade` with a tiny cascade trained in-process (MODELS/peaks_cascade/checkpoint.pt): the CSV's
+    n_peaks and the CXI peaks are CascadePeakFinder.find's on the same frames (prepared for the detector)."""
+    from test_cascade import spot_frame
+
+    from cxlspeaks.cascade import CascadeConfig, CascadePeakFinder
+    from cxlspeaks.cascade_train import train_cascade
+    from cxlspeaks.frames import FramesFile
+    from cxlspeaks.io import read_cxi_peaks
+    from cxlspeaks.pipeline import peaks_on_good_pixels
+
+    geometry = tiny_geometry()
+    rng = np.random.default_rng(5)
+    train, truths = zip(*[spot_frame(rng, 12, good=geometry.mask, shape=geometry.shape) for _ in range(8)])
+    checkpoint = train_cascade(list(train), list(truths), geometry.mask, geometry=geometry,
+                               config=CascadeConfig(epochs=3, min_steps=50, seed=1))
+    models = tmp_path / "models"
+    for attribute in ("hit", "photon_energy", "clen"):
+        (models / attribute).mkdir(parents=True)
+        (models / attribute / "checkpoint.pt").symlink_to(setup["models"] / attribute / "checkpoint.pt")
+    CascadePeakFinder(checkpoint).save(models / "peaks_cascade" / "checkpoint.pt")
+    counts = np.stack([spot_frame(rng, 10, good=geometry.mask, shape=geometry.shape)[0]
+                       for _ in range(N_FRAMES)]).astype(np.uint32)
+    frames = write_stack(tmp_path / "spots.h5", counts, setup["text"], compress=True)
+    out, cxi = tmp_path / "scored.csv", tmp_path / "peaks.cxi"
+    assert main(["run", str(frames), "--models", str(models), "--finder", "cascade", "-o", str(out),
+                 "--cxi", str(cxi), "--quiet"]) == 0, capsys.readouterr().err
+    table = pd.read_csv(out, dtype={"n_peaks": "Int64"})
+    assert table["is_hit"].all()
+    finder = CascadePeakFinder(models / "peaks_cascade" / "checkpoint.pt")
+    with FramesFile(frames) as source:
+        finder.prepare(source.geometry)
+        expected = [peaks_on_good_pixels(finder.find(source.read(i), source.mask), source.mask)
+                    for i in range(N_FRAMES)]
+    assert table["n_peaks"].tolist() == [len(e) for e in expected] and sum(map(len, expected)) > 0
+    for peaks, want in zip(read_cxi_peaks(cxi), expected):
+        np.testing.assert_allclose(peaks[["fs", "ss"]].to_numpy(), want[["fs", "ss"]].to_numpy(), rtol=0, atol=1e-4)
+    # the network stays the default: without --finder the cascade's checkpoint folder is not read
+    assert main(["run", str(frames), "--models", str(models), "--quiet"]) == 2
+    assert "results/models/peaks/checkpoint.pt" in capsys.readouterr().err

@@ -64,8 +64,9 @@ def test_dry_run_of_the_default_config_lists_every_stage_for_every_dataset(tmp_p
     assert counts["simulate_shard"] == n * shards
     assert counts["reflections"] == 1 and counts["download_structure"] == 1
     assert counts["split"] == len(config["splits"])
-    assert counts["train_peaks"] == counts["train_paper_heatmap"] == counts["peak_report"] == 1
-    assert counts["find_peaks"] == 4  # network, peakfinder8 (two settings), the paper's heatmap model
+    assert counts["train_peaks"] == counts["train_paper_heatmap"] == counts["train_cascade"] == 1
+    assert counts["peak_report"] == 1
+    assert counts["find_peaks"] == 5  # network, peakfinder8 (two settings), the paper's heatmap model, cascade
 
 
 def test_lint_finds_nothing_to_fix():
@@ -298,7 +299,7 @@ def test_peak_report_compares_every_finder_per_flux_level(test_run):
     workdir, config = test_run
     reports = workdir / TINY_RESULTS / "reports"
     table = pd.read_csv(reports / "peaks" / "metrics.csv")
-    finders = {"network", "peakfinder8", "peakfinder8_crystfel", "paper_heatmap"}
+    finders = {"network", "peakfinder8", "peakfinder8_crystfel", "paper_heatmap", "cascade"}
     assert set(table["finder"]) == finders
     assert set(table["flux"]) == {"normal", "low", "extreme"}
     assert set(table["min_photons"]) == {0.0, 3.0, 10.0}
@@ -319,6 +320,8 @@ def test_peak_report_compares_every_finder_per_flux_level(test_run):
     n_test = int((split["subset"] == "test").sum())
     assert table.groupby("finder")["n_frames"].sum().eq(n_test * 3).all()
     assert "Peak finding" in (reports / "index.html").read_text()
+    # the cascade finder's model, trained by train_cascade
+    assert (workdir / TINY_RESULTS / "models" / "peaks_cascade" / "checkpoint.pt").stat().st_size > 0
 
 
 def test_pipeline_command_rejects_bad_input_with_exit_code_2(test_run, tmp_path):
@@ -358,7 +361,7 @@ def test_index_stage_and_detection_bound_of_the_tiny_run(test_run):
     peaks = workdir / TINY_RESULTS / "reports" / "peaks"
     table = pd.read_csv(peaks / "indexing.csv", dtype={"dataset": str})
     finders = set(config["peaks"].get("finders", ["network", "peakfinder8", "peakfinder8_crystfel",
-                                                  "paper_heatmap"]))
+                                                  "paper_heatmap", "cascade"]))
     assert set(table["finder"]) == finders | {"truth"}
     log = (workdir / TINY_RESULTS / "logs" / "index_peaks.log").read_text()
     if find_indexamajig() is None:

@@ -1,7 +1,7 @@
 """The ``cxlspeaks`` command: run the trained models on recorded frames.
 
     cxlspeaks run SOURCE --models results/models -o predictions.csv [--cxi peaks.cxi [--cell X.cell]]
-                  [--geometry detector.geom] [--channel N|NAME] [--quiet]
+                  [--geometry detector.geom] [--channel N|NAME] [--finder network|cascade] [--quiet]
 
 SOURCE: a cxlspeaks frames file or plain HDF5 stack (/entry/data/data or the geometry's ``data``), a DECTRIS NXmx
 master file (legacy data_NNNNNN links or a v2024.2 VDS; ``--channel`` for a multi-channel one), a Cheetah/OM CXI
@@ -11,7 +11,8 @@ frame, event, source_file, the scores, n_peaks, n_masked, n_saturated. Use outsi
 detector layout, a camera length outside the trained range) is one ``cxlspeaks: warning: ...`` line per kind.
 
 Output: the CSV goes to ``-o FILE``, or to standard output without ``-o`` or with ``-o -``. With ``--cxi`` the
-hits' peaks (found by the peak network, MODELS/peaks/checkpoint.pt) are written for CrystFEL: peaks.cxi,
+hits' peaks (found by the peak network, MODELS/peaks/checkpoint.pt, or with ``--finder cascade`` by the cascade,
+MODELS/peaks_cascade/checkpoint.pt) are written for CrystFEL: peaks.cxi,
 peaks.lst (the hits), peaks.geom and peaks.cell (a copy of ``--cell``, else the 1IC6 cell with a comment saying
 so), for ``indexamajig -i peaks.lst -g peaks.geom -p peaks.cell --peaks=cxi``. Missing output folders are
 created. A progress bar goes to standard error when it is a terminal (never with ``--quiet``).
@@ -70,10 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("frames", type=Path, metavar="SOURCE",
                      help="frames: HDF5 stack, NXmx master file, CXI file or CrystFEL .lst event list")
     run.add_argument("--models", type=Path, default=Path("results/models"),
-                     help="folder with hit/, photon_energy/, clen/ and peaks/ checkpoint.pt (default results/models)")
-    for attribute in ("hit", "photon_energy", "clen", "peaks"):
+                     help="folder with hit/, photon_energy/, clen/ and peaks/ (peaks_cascade/ for --finder cascade) "
+                     "checkpoint.pt (default results/models)")
+    for attribute in ("hit", "photon_energy", "clen"):
         run.add_argument(f"--{attribute.replace('_', '-')}-checkpoint", type=Path, default=None,
                          help=f"the {attribute} checkpoint (default MODELS/{attribute}/checkpoint.pt)")
+    run.add_argument("--peaks-checkpoint", type=Path, default=None,
+                     help="the --finder's checkpoint (default MODELS/peaks/checkpoint.pt for the network, "
+                     "MODELS/peaks_cascade/checkpoint.pt for the cascade)")
+    run.add_argument("--finder", choices=("network", "cascade"), default="network",
+                     help="peak finder: network (the peak network, default) or cascade (the sparse CPU cascade)")
     run.add_argument("--geometry", type=Path, default=None,
                      help="CrystFEL geometry of the detector (default: the geometry stored in the file, or "
                      "built from the NXmx metadata)")
@@ -123,16 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     from .crystal import StructureError
     from .geometry import GeometryError
     from .io import DataFileError
-    from .pipeline import RunArgumentError, run_pipeline
+    from .pipeline import PEAK_FINDERS, RunArgumentError, run_pipeline
 
     attributes = ("hit", "photon_energy", "clen") + (() if args.no_peaks else ("peaks",))
-    checkpoints = {a: getattr(args, f"{a}_checkpoint") or args.models / a / "checkpoint.pt" for a in attributes}
+    folders = {"hit": "hit", "photon_energy": "photon_energy", "clen": "clen", "peaks": PEAK_FINDERS[args.finder]}
+    checkpoints = {a: getattr(args, f"{a}_checkpoint") or args.models / folders[a] / "checkpoint.pt"
+                   for a in attributes}
     if args.no_peaks and args.cxi is not None:
         return _error("--cxi needs peak finding; drop --no-peaks")
     try:
         table = run_pipeline(args.frames, checkpoints, args.output, args.geometry, threshold=args.threshold,
                              batch_size=args.batch_size, cxi_output=args.cxi, cell_file=args.cell,
-                             progress=False if args.quiet else None, channel=args.channel)
+                             progress=False if args.quiet else None, channel=args.channel,
+                             peak_finder=args.finder)
     except (DataFileError, CheckpointError, GeometryError, StructureError, RunArgumentError) as exc:
         return _error(str(exc) or type(exc).__name__)
     except OSError as exc:  # the disk, not the code: a write that failed after the checks (full, removed folder)

@@ -5,7 +5,8 @@ Finders (each has ``find(frame, good) -> peak table``; :func:`make_finder` build
 * ``network``: cxlspeaks' CenterNet-style network (:mod:`cxlspeaks.peaknet`), threshold calibrated in training;
 * ``peakfinder8``: peakfinder8 (:mod:`cxlspeaks.peakfinder8`) in the setting for photon-counting frames;
 * ``peakfinder8_crystfel``: peakfinder8 with indexamajig 0.10.2's defaults;
-* ``paper_heatmap``: the source paper's attention heatmap model (:mod:`cxlspeaks.paper_heatmap`).
+* ``paper_heatmap``: the source paper's attention heatmap model (:mod:`cxlspeaks.paper_heatmap`);
+* ``cascade``: the sparse CPU cascade (:mod:`cxlspeaks.cascade`), trained by :func:`train_cascade_split`.
 
 Protocol (DESIGN.md, "Evaluation protocol"): a found peak matches a true reflection within ``match_radius_px``
 (one-to-one, nearest first, :mod:`cxlspeaks.peaks`); precision, recall, F1 and RMS position error of the matches
@@ -29,7 +30,7 @@ from .frames import find_in_frames, panel_index, radius_px
 from .io import atomic_path, atomic_write_text
 from .peaks import match_frames, metrics_table, read_true_peaks_of_rows, recall_by_photons
 
-FINDERS = ("network", "peakfinder8", "peakfinder8_crystfel", "paper_heatmap")
+FINDERS = ("network", "peakfinder8", "peakfinder8_crystfel", "paper_heatmap", "cascade")
 MIN_PHOTONS = (0.0, 3.0, 10.0)
 PREDICTION_COLUMNS = ("dataset", "frame", "fs", "ss", "photons", "snr", "score")
 
@@ -68,7 +69,7 @@ def peakfinder8_settings(name: str, overrides: dict | None = None):
 
 def make_finder(name: str, checkpoint: str | Path | None = None, peakfinder8: dict | None = None,
                 threads: int | None = None):
-    """A finder by name; the network and the paper's model need their checkpoint."""
+    """A finder by name; the network, the paper's model and the cascade need their checkpoint."""
     if name in ("peakfinder8", "peakfinder8_crystfel"):
         return Peakfinder8Finder(peakfinder8_settings(name, peakfinder8), name)
     if name not in FINDERS:
@@ -79,9 +80,70 @@ def make_finder(name: str, checkpoint: str | Path | None = None, peakfinder8: di
         from .peaknet import NetworkPeakFinder
 
         return NetworkPeakFinder(checkpoint, threads=threads)
+    if name == "cascade":
+        from .cascade import CascadePeakFinder
+
+        return CascadePeakFinder(checkpoint)
     from .paper_heatmap import PaperHeatmapFinder
 
     return PaperHeatmapFinder(checkpoint, threads=threads)
+
+
+class SplitFrames:
+    """The frames of a table's (dataset, frame) rows as a lazy sequence (``len``, ``[i]``): each item is read
+    when asked for, through :class:`~cxlspeaks.frames.FramesFile` (one open file per dataset); ``masks`` holds
+    each row's good-pixel mask (one array per dataset, shared)."""
+
+    def __init__(self, frames: dict[str, str | Path], rows: pd.DataFrame):
+        from .frames import FramesFile
+
+        missing = sorted(set(rows["dataset"]) - set(frames))
+        if missing:
+            raise ValueError(f"dataset {missing[0]!r} has no frames file")
+        self.rows = rows.reset_index(drop=True)
+        self.files: dict = {}
+        try:
+            for dataset, group in self.rows.groupby("dataset", sort=True):
+                self.files[dataset] = FramesFile(frames[dataset])
+                self.files[dataset].check_indices(group["frame"].to_numpy())
+        except BaseException:
+            self.close()
+            raise
+        self.masks = [self.files[d].mask for d in self.rows["dataset"]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        row = self.rows.iloc[int(i)]
+        return self.files[row["dataset"]].read(int(row["frame"]))
+
+    def close(self) -> None:
+        for source in self.files.values():
+            source.close()
+
+    def __enter__(self) -> "SplitFrames":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def train_cascade_split(settings: dict, frames: dict[str, str | Path], split_path: str | Path,
+                        output: str | Path) -> dict:
+    """Train the cascade finder (:func:`cxlspeaks.cascade_train.train_cascade`) on a split's training frames,
+    read lazily (one frame in memory), with their true reflections; ``settings``: :class:`CascadeConfig` fields.
+    The background rings come from the first dataset's detector. Writes the checkpoint to ``output``."""
+    from .cascade import CascadeConfig
+    from .cascade_train import train_cascade
+    from .train import train_rows
+
+    config = CascadeConfig(**settings)
+    rows = train_rows(split_path).sort_values(["dataset", "frame"]).reset_index(drop=True)
+    with SplitFrames(frames, rows) as source:
+        truth = read_true_peaks_of_rows(frames, rows)
+        geometry = source.files[rows["dataset"].iloc[0]].geometry
+        return train_cascade(source, truth, source.masks, geometry=geometry, config=config, output=output)
 
 
 def test_rows(split_path: str | Path, subset: str = "test") -> pd.DataFrame:

@@ -23,6 +23,7 @@ source (:func:`~cxlspeaks.run_checks.check_source`), then the checkpoints and th
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -198,6 +199,39 @@ def peaks_on_good_pixels(table: pd.DataFrame, good: np.ndarray) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------- the run
+#: peak finders of ``cxlspeaks run --finder`` -> the folder of their checkpoint under --models
+PEAK_FINDERS = {"network": "peaks", "cascade": "peaks_cascade"}
+
+
+class RunPeakFinder:
+    """The peak finder of a run: ``network`` (:class:`~cxlspeaks.peaknet.NetworkPeakFinder`) or ``cascade``
+    (:class:`~cxlspeaks.cascade.CascadePeakFinder`, prepared for each frame's detector). Saturated pixels are
+    left out of the centroids where the finder supports it (``centroid_good``). Raises
+    :class:`CheckpointError` for a checkpoint of another finder (a missing one names its Snakemake target)."""
+
+    def __init__(self, name: str, checkpoint: str | Path):
+        self.name = name
+        if name == "cascade":
+            from .cascade import CascadePeakFinder
+
+            self.finder = CascadePeakFinder(checkpoint)
+        else:
+            from .peaknet import NetworkPeakFinder
+
+            self.finder = NetworkPeakFinder(checkpoint)
+        self.centroid_good = "centroid_good" in inspect.signature(self.finder.find).parameters
+        self._geometry = None
+
+    def find(self, values: np.ndarray, frame, geometry) -> pd.DataFrame:
+        """Peaks of one frame's counts (``values``, zero on bad pixels) with its good and saturated masks."""
+        if hasattr(self.finder, "prepare") and geometry is not None and geometry is not self._geometry:
+            self.finder.prepare(geometry)
+            self._geometry = geometry
+        if self.centroid_good:
+            return self.finder.find(values, frame.good, centroid_good=frame.good & ~frame.saturated)
+        return self.finder.find(values, frame.good)
+
+
 def _check_indices(n: int, frames: Sequence[int] | None, path) -> np.ndarray:
     indices = np.arange(n) if frames is None else np.asarray(frames, dtype=int).reshape(-1)
     if len(indices) and (indices.min() < 0 or indices.max() >= n):
@@ -210,13 +244,14 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
                  geometry_path: str | Path | None = None, frames: Sequence[int] | None = None,
                  threshold: float = 0.5, batch_size: int = 8, cxi_output: str | Path | None = None,
                  cell_file: str | Path | None = None, progress: bool | None = False,
-                 channel: int | str | None = None, warn: Callable[[str], None] | None = print_warning
-                 ) -> pd.DataFrame:
+                 channel: int | str | None = None, warn: Callable[[str], None] | None = print_warning,
+                 peak_finder: str = "network") -> pd.DataFrame:
     """Score the frames of one source (all, or the given source indices); write the CSV when ``output`` is given.
 
     ``frames_path``: anything :func:`~cxlspeaks.sources.open_source` opens (``geometry_path`` and ``channel``
-    are passed on). ``checkpoints`` holds hit, photon_energy and clen, and optionally ``peaks`` (the peak
-    network), which finds the peaks of every hit; ``cxi_output`` (needs ``peaks``) writes them with the .lst,
+    are passed on). ``checkpoints`` holds hit, photon_energy and clen, and optionally ``peaks`` (the checkpoint of
+    the peak finder ``peak_finder``: ``network``, the peak network, or ``cascade``, :mod:`cxlspeaks.cascade`),
+    which finds the peaks of every hit; ``cxi_output`` (needs ``peaks``) writes them with the .lst,
     .geom and .cell beside it (``cell_file``: the unit cell to copy; default the 1IC6 cell). Missing output
     folders are created. ``progress``: a tqdm bar on standard error (None: only when standard error is a
     terminal). ``warn``: called with the text of each warning kind once (default: one line on standard error).
@@ -231,6 +266,8 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
 
     from .sources import open_source
 
+    if peak_finder not in PEAK_FINDERS:
+        raise RunArgumentError(f"--finder {peak_finder}: unknown peak finder; known: {', '.join(PEAK_FINDERS)}")
     if cxi_output is not None and checkpoints.get("peaks") is None:
         raise RunArgumentError("--cxi: a CXI peak list needs the peak network's checkpoint")
     if cell_file is not None and cxi_output is None:
@@ -253,11 +290,9 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
         indices = _check_indices(len(source), frames, frames_path)
         predictor = FramePredictor(checkpoints, threshold)
         factor = predictor.bin_factor
-        peak_finder = None
+        finder = None
         if checkpoints.get("peaks") is not None:
-            from .peaknet import NetworkPeakFinder
-
-            peak_finder = NetworkPeakFinder(checkpoints["peaks"])
+            finder = RunPeakFinder(peak_finder, checkpoints["peaks"])
         shapes = {binned_shape(source.geometry.shape, factor)}
         for text in predictor.check_shape(next(iter(shapes)), frames_path):
             warning("shape", text)
@@ -269,7 +304,7 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
         try:
             for start in range(0, len(indices), batch_size):
                 chunk = [int(i) for i in indices[start:start + batch_size]]
-                rows.append(_score_chunk(source, chunk, predictor, peak_finder, signed, shapes, warning,
+                rows.append(_score_chunk(source, chunk, predictor, finder, signed, shapes, warning,
                                          frames_path, peak_tables, spool))
                 bar.update(len(chunk))
             bar.close()
@@ -331,7 +366,7 @@ def _score_chunk(source, chunk, predictor, peak_finder, signed, shapes, warning,
             if not hit:
                 found.append(None)
                 continue
-            table = peak_finder.find(values, frame.good, centroid_good=frame.good & ~frame.saturated)
+            table = peak_finder.find(values, frame, frame.geometry or source.geometry)
             table = peaks_on_good_pixels(table, frame.good)
             found.append(table)
             peak_tables.append((i, table))

@@ -161,7 +161,8 @@ def dataset_names_of(paths):
 PEAK_SPLIT = config["peaks"]["split"]
 PEAK_FINDERS = list(dict.fromkeys(config["peaks"]["finders"]))
 PEAK_CHECKPOINTS = {"network": res("models/peaks/checkpoint.pt"),
-                    "paper_heatmap": res("models/paper_heatmap/checkpoint.pt")}
+                    "paper_heatmap": res("models/paper_heatmap/checkpoint.pt"),
+                    "cascade": res("models/peaks_cascade/checkpoint.pt")}
 
 if not PEAK_FINDERS:
     config_error("peaks.finders: name at least one finder")

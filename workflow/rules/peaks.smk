@@ -1,6 +1,6 @@
 # Peak finding: train the peak network and the source paper's heatmap model on the peaks split's training frames
-# (GPU jobs when a GPU is given), run every finder over its test frames, and report matching metrics beside the
-# detection bound (bound.csv).
+# (GPU jobs when a GPU is given) and the cascade finder (CPU), run every finder over its test frames, and report
+# matching metrics beside the detection bound (bound.csv).
 
 
 rule train_peaks:
@@ -50,6 +50,29 @@ rule train_paper_heatmap:
         "../../envs/training.yaml"
     script:
         "../scripts/train_paper_heatmap.py"
+
+
+rule train_cascade:
+    input:
+        unpack(peak_frames_inputs),
+    output:
+        checkpoint=res("models/peaks_cascade/checkpoint.pt"),
+    params:
+        settings=canonical({**config["peaks"]["cascade"], "match_radius_px": config["peaks"]["match_radius_px"],
+                            "seed": config["seed"]}),
+        datasets=lambda wildcards, input: dataset_names_of(input.frames),
+    log:
+        res("logs/train_cascade.log"),
+    benchmark:
+        res("benchmarks/train_cascade.tsv")
+    threads: 1
+    resources:
+        mem_mb=config["training"]["mem_mb"],
+        runtime=240,
+    conda:
+        "../../envs/training.yaml"
+    script:
+        "../scripts/train_cascade.py"
 
 
 rule find_peaks:
