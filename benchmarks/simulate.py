@@ -5,7 +5,7 @@ a bitshuffle-LZ4 compressed HDF5 write of the recorded counts (uint32, chunked p
 writes benchmarks/results/simulate.json. Target (issue 2): <= 0.16 s per frame on one core, < 2 GB of memory
 (CrystFEL 0.10.2 pattern_sim: 159 s for the same frame).
 
-    python benchmarks/simulate.py [--frames 30] [--structure ../shared/data/1ic6.pdb]
+    python benchmarks/simulate.py [--frames 30] [--structure FILE.pdb]
 """
 
 from __future__ import annotations
@@ -23,21 +23,21 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cxlspeaks.crystal import load_crystal
+from cxlspeaks.crystal import embedded_pdb_path, load_crystal
 from cxlspeaks.geometry import eiger4m_geometry
 from cxlspeaks.io import create_frame_stack
 from cxlspeaks.simulate import Beam, CrystalSample
 from cxlspeaks.simulate.engine import FrameSimulator
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_STRUCTURE = HERE.parent.parent / "shared" / "data" / "1ic6.pdb"
+DEFAULT_STRUCTURE = embedded_pdb_path("1IC6")  # shipped in the package (gzipped PDB, read by gemmi)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--structure", type=Path, default=DEFAULT_STRUCTURE,
-                        help="PDB file (default ../shared/data/1ic6.pdb; the synthetic crystal when absent)")
+                        help="PDB file (default the 1IC6 model shipped in the package)")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "simulate.json")
     args = parser.parse_args()
 
