@@ -4,8 +4,8 @@ Simulates (seeded, 1IC6 shipped with the package) training and test frames of th
 normal flux cycles over the 3 x 3 grid 01-09, low and extreme are the datasets of those names; each flux level
 gets ``--train`` crystal frames plus a quarter as many empty (water-only) frames for training and ``--test``
 crystal frames plus a quarter as many empty frames for testing (other frame indices, so other orientations and
-noise). Trains the cascade (:func:`cxlspeaks.cascade_train.train_cascade`) and, unless ``--no-network``, the peak
-network (:mod:`cxlspeaks.peaknet`: crops, fit, threshold scanned on the same held-out frames) on the training
+noise). Trains the cascade (:func:`cxlspeaks.peaks.cascade_train.train_cascade`) and, unless ``--no-network``, the peak
+network (:mod:`cxlspeaks.peaks.network`: crops, fit, threshold scanned on the same held-out frames) on the training
 frames, then runs every finder on the test frames: precision, recall, F1, RMS error (matched within 2 px, one to
 one) for reflections of >= 0, 3 and 10 expected photons, and frames/s of ``find`` alone on one thread. Prints the
 table and writes benchmarks/results/cascade.json (rows: finder, flux, min_photons, precision, recall, f1, rms_px,
@@ -30,9 +30,9 @@ import pandas as pd
 import torch
 import yaml
 
-from cxlspeaks.cascade import CascadeConfig, CascadePeakFinder
-from cxlspeaks.cascade_train import train_cascade
-from cxlspeaks.peaks import match_frames, metrics_table
+from cxlspeaks.peaks.cascade import CascadeConfig, CascadePeakFinder
+from cxlspeaks.peaks.cascade_train import train_cascade
+from cxlspeaks.peaks.matching import match_frames, metrics_table
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -102,9 +102,9 @@ class Frames:
 
 
 def train_network(train: list[dict], epochs: int, seed: int):
-    """PeakNet on crops of the training frames (peaknet's own crops and fit), threshold scanned on held-out frames
-    like peaknet.calibrate_threshold (best F1 for reflections >= 3 photons)."""
-    from cxlspeaks.peaknet import CropSet, NetworkPeakFinder, PeakNetConfig, fit_peaknet, frame_crops
+    """PeakNet on crops of the training frames (peaks.network's own crops and fit), threshold scanned on held-out frames
+    like peaks.network.calibrate_threshold (best F1 for reflections >= 3 photons)."""
+    from cxlspeaks.peaks.network import CropSet, NetworkPeakFinder, PeakNetConfig, fit_peaknet, frame_crops
 
     config = PeakNetConfig(epochs=epochs, seed=seed)
     rng = np.random.default_rng(seed)
@@ -180,7 +180,7 @@ def main() -> None:
     finders["cascade"] = CascadePeakFinder(checkpoint)
     print(f"cascade trained in {time.perf_counter() - start:.1f} s on {checkpoint['n_candidates']} candidates "
           f"({checkpoint['n_positive']} near reflections), threshold {checkpoint['threshold']}", flush=True)
-    from cxlspeaks.peak_evaluation import Peakfinder8Finder, peakfinder8_settings
+    from cxlspeaks.peaks.evaluation import Peakfinder8Finder, peakfinder8_settings
 
     finders["peakfinder8"] = Peakfinder8Finder(peakfinder8_settings("peakfinder8"))
     if not args.no_network:

@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 import yaml
 
-from cxlspeaks.peak_evaluation import (MIN_PHOTONS, format_metrics, make_finder, match_finders, predict_split)
-from cxlspeaks.peaks import metrics_table
+from cxlspeaks.peaks.evaluation import (MIN_PHOTONS, format_metrics, make_finder, match_finders, predict_split)
+from cxlspeaks.peaks.matching import metrics_table
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -8,10 +8,10 @@ import pytest
 import torch
 from scipy import stats
 
-from cxlspeaks.cascade import CascadeConfig, CascadePeakFinder, box_threshold, poisson_tail, water_from_isolated
-from cxlspeaks.cascade_train import train_cascade
-from cxlspeaks.peaknet import refine_peaks
-from cxlspeaks.peaks import match_frames, peak_metrics
+from cxlspeaks.peaks.cascade import CascadeConfig, CascadePeakFinder, box_threshold, poisson_tail, water_from_isolated
+from cxlspeaks.peaks.cascade_train import train_cascade
+from cxlspeaks.peaks.network import refine_peaks
+from cxlspeaks.peaks.matching import match_frames, peak_metrics
 
 SHAPE = (256, 288)
 WATER = 0.01
@@ -83,7 +83,7 @@ def test_sparse_centroid_equals_peaknet(trained):
     finally:
         finder._clear()
     width = finder._width
-    from cxlspeaks.cascade import PAD
+    from cxlspeaks.peaks.cascade import PAD
 
     ss, fs = np.divmod(pc, width)
     theirs = refine_peaks(frame, good, (ss - PAD).astype(float), (fs - PAD).astype(float))
@@ -209,7 +209,7 @@ def test_the_workflow_settings_are_the_cascade_config():
 
     import yaml
 
-    from cxlspeaks.peak_evaluation import FINDERS, make_finder
+    from cxlspeaks.peaks.evaluation import FINDERS, make_finder
 
     schema = yaml.safe_load((Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml").read_text())
     peaks = schema["properties"]["peaks"]["properties"]
@@ -224,7 +224,7 @@ def test_the_workflow_settings_are_the_cascade_config():
 
 
 def test_make_finder_loads_a_saved_cascade(trained, tmp_path):
-    from cxlspeaks.peak_evaluation import make_finder
+    from cxlspeaks.peaks.evaluation import make_finder
 
     finder, checkpoint = trained
     finder.save(tmp_path / "c.pt")

@@ -19,7 +19,7 @@ from cxlspeaks.cli import main
 from cxlspeaks.geometry import tiny_geometry
 from cxlspeaks.io import DATA, GEOMETRY_TEXT, bitshuffle_lz4
 from cxlspeaks.models import build_model
-from cxlspeaks.peaknet import PeakNet, PeakNetConfig
+from cxlspeaks.peaks.network import PeakNet, PeakNetConfig
 
 BIN = 8
 N_FRAMES = 3
@@ -317,11 +317,11 @@ def test_finder_cascade_gives_the_cascade_peaks(setup, tmp_path, capsys):
     n_peaks and the CXI peaks are CascadePeakFinder.find's on the same frames (prepared for the detector)."""
     from test_cascade import spot_frame
 
-    from cxlspeaks.cascade import CascadeConfig, CascadePeakFinder
-    from cxlspeaks.cascade_train import train_cascade
+    from cxlspeaks.peaks.cascade import CascadeConfig, CascadePeakFinder
+    from cxlspeaks.peaks.cascade_train import train_cascade
     from cxlspeaks.frames import FramesFile
-    from cxlspeaks.io import read_cxi_peaks
-    from cxlspeaks.pipeline import peaks_on_good_pixels
+    from cxlspeaks.cxi import read_cxi_peaks
+    from cxlspeaks.run_peaks import peaks_on_good_pixels
 
     geometry = tiny_geometry()
     rng = np.random.default_rng(5)

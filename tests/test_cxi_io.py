@@ -14,17 +14,19 @@ import pandas as pd
 import pytest
 
 from cxlspeaks.geometry import parse_geometry, tiny_geometry
-from cxlspeaks.io import (
+from cxlspeaks.cxi import (
     CXI_PEAK_FIELDS,
-    DATA,
-    RESULT,
-    DataFileError,
-    FrameStackWriter,
     geometry_with_peak_list,
     read_cxi_peak_frames,
     read_cxi_peaks,
     write_cxi_peaks,
     write_event_list,
+)
+from cxlspeaks.io import (
+    DATA,
+    RESULT,
+    DataFileError,
+    FrameStackWriter,
 )
 
 # values exact in float32, so a round trip through the file is exact

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy.stats import poisson
 
-from cxlspeaks.detection_bound import (bound_probability, detection_bound, detection_probability, k_alpha,
-                                       reflection_sums)
+from cxlspeaks.peaks.bound import (bound_probability, detection_bound, detection_probability, k_alpha,
+                                   reflection_sums)
 from cxlspeaks.io import BACKGROUND, SIGNAL, WATER_SCALE
 
 SHAPE = (64, 80)

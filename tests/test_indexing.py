@@ -13,8 +13,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from cxlspeaks.crystal import CELL_1IC6_A, save_crystal
-from cxlspeaks.indexing import (SKIPPED_NOT_FOUND, check_orientation, find_indexamajig, index_stage,
-                                indexamajig_command, lattice_symmetry_ops, parse_stream)
+from cxlspeaks.peaks.indexing import (SKIPPED_NOT_FOUND, check_orientation, find_indexamajig, index_stage,
+                                      indexamajig_command, lattice_symmetry_ops)
+from cxlspeaks.peaks.stream import parse_stream
 
 A, C = CELL_1IC6_A[0], CELL_1IC6_A[2]
 #: the tetragonal reciprocal basis in 1/m (columns a*, b*, c*) turned to a random orientation
@@ -180,7 +181,7 @@ def tiny_dataset(tmp_path_factory, synthetic_crystal):
     pd.DataFrame({"dataset": "01", "frame": range(n), "subset": "test"}).to_csv(root / "split.csv", index=False)
     save_crystal(synthetic_crystal, root / "reflections.h5")
     # a finder whose peaks are the true ones shifted by 40 px: nothing to index rightly
-    from cxlspeaks.peaks import read_true_peaks
+    from cxlspeaks.peaks.truth import read_true_peaks
 
     tables = [t.assign(dataset="01", frame=f, fs=(t["fs"] + 40) % 128, snr=5.0, score=1.0)
               for f, t in enumerate(read_true_peaks(frames, range(3)))]

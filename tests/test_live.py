@@ -185,7 +185,7 @@ def test_worker_path_from_non_zero_pixels_equals_the_frame_path(setup, threshold
 
     from cxlspeaks.live.replay import series_info
     from cxlspeaks.live.workers import FrameScorer
-    from cxlspeaks.sources.stream2 import make_frame
+    from cxlspeaks.sources.messages import make_frame
 
     geometry = setup["geometry"]
     scorer = FrameScorer(setup["models"], "peakfinder8", threshold=threshold)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cxlspeaks.evaluate import (binary_metrics, confusion_matrix, log_likelihood_ratio, normalise_rows, roc_auc,
-                                roc_curve)
+from cxlspeaks.evaluate import binary_metrics, log_likelihood_ratio
+from cxlspeaks.metrics import confusion_matrix, normalise_rows, roc_auc, roc_curve
 from cxlspeaks.features import FEATURES, bin_sum
 from cxlspeaks.models import MODELS, build_model
 from cxlspeaks.train import CheckpointError, TrainConfig, load_checkpoint, save_checkpoint, train_attribute

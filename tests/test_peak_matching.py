@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cxlspeaks.io import DataFileError, FrameStackWriter
-from cxlspeaks.peaks import (
+from cxlspeaks.peaks.matching import (
     METRIC_NAMES,
     PEAK_COLUMNS,
     empty_peak_table,
@@ -18,9 +18,9 @@ from cxlspeaks.peaks import (
     match_peaks,
     metrics_table,
     peak_metrics,
-    read_true_peaks,
     recall_by_photons,
 )
+from cxlspeaks.peaks.truth import read_true_peaks
 
 
 def peaks(rows, columns=("fs", "ss")) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.special import erf
 
-from cxlspeaks.peakfinder8 import (
+from cxlspeaks.peaks.peakfinder8 import (
     CRYSTFEL_DEFAULTS,
     PEAK_COLUMNS,
     PHOTON_COUNTING,

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cxlspeaks.peaknet import (CropSet, NetworkPeakFinder, PeakNet, PeakNetConfig, centernet_focal_loss,
-                               fit_peaknet, refine_peaks, target_heatmap)
+from cxlspeaks.peaks.network import (CropSet, NetworkPeakFinder, PeakNet, PeakNetConfig, centernet_focal_loss,
+                                     fit_peaknet, refine_peaks, target_heatmap)
 
 
 def gaussian_spots(shape, spots, sigma_px, rng, background=0.01):

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("dectris.compression")
 
-from cxlspeaks.sources import stream1, stream2  # noqa: E402
+from cxlspeaks.sources import messages, stream1, stream2  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
@@ -19,10 +19,10 @@ def test_image_message_round_trips_two_channels(dtype, compression):
     t1 = rng.integers(0, np.iinfo(dtype).max, size=(48, 64)).astype(dtype)
     t2 = (t1 // 2).astype(dtype)
     event = stream2.parse_v2(stream2.image_message(3, 7, {"threshold_1": t1, "threshold_2": t2}, compression))
-    assert isinstance(event, stream2.Image) and (event.series_id, event.image_id) == (3, 7)
+    assert isinstance(event, messages.Image) and (event.series_id, event.image_id) == (3, 7)
     assert event.channel("threshold_1").dtype == dtype
     assert np.array_equal(event.channel("threshold_1"), t1) and np.array_equal(event.channel("threshold_2"), t2)
-    with pytest.raises(stream2.StreamError, match="no channel 'difference'"):
+    with pytest.raises(messages.StreamError, match="no channel 'difference'"):
         event.channel("difference")
 
 
@@ -44,13 +44,13 @@ def test_start_message_mask_saturation_and_frame():
     good = info.static_good(np.ones((48, 64), bool), "threshold_1")
     counts = np.ones((48, 64), np.uint16)
     counts[1, 1], counts[2, 2] = 1000, 65535
-    frame = stream2.make_frame(info, 4, counts, good)
+    frame = messages.make_frame(info, 4, counts, good)
     assert not frame.good[5, 6] and not frame.good[2, 2] and frame.saturated[1, 1] and frame.n_saturated == 1
     assert frame.event == "9 //4" and frame.metadata["image_id"] == 4 and frame.metadata["clen_m"] == 0.2
 
 
 def test_stream1_header_image_and_end():
-    info = stream2.SeriesInfo(series_id=5, shape=(48, 64), number_of_images=3, saturation_value=500,
+    info = messages.SeriesInfo(series_id=5, shape=(48, 64), number_of_images=3, saturation_value=500,
                               photon_energy_ev=7000.0, clen_m=0.1, beam_center_px=(1.0, 2.0), pixel_size_m=75e-6,
                               pixel_mask={"threshold_1": np.eye(48, 64, dtype=np.uint32)})
     for detail in ("all", "basic", "none"):
@@ -63,7 +63,7 @@ def test_stream1_header_image_and_end():
     for compression in ("bslz4", None):
         event = stream1.parse_v1(stream1.image_parts(5, 2, a, compression))
         assert event.image_id == 2 and np.array_equal(event.channel("threshold_1"), a)
-    assert stream1.parse_v1(stream1.end_parts(5)) == stream2.End(5)
+    assert stream1.parse_v1(stream1.end_parts(5)) == messages.End(5)
 
 
 @pytest.mark.parametrize("raw", [b"", b"\xff\xfe", cbor2.dumps([1, 2]), cbor2.dumps({"type": "image"}),
@@ -72,12 +72,12 @@ def test_stream1_header_image_and_end():
                                                   70, cbor2.CBORTag(56500, ["bslz4", 4, b"junk"]))])}})])
 def test_stray_or_partial_messages_never_raise(raw):
     event = stream2.parse_v2(raw)
-    if isinstance(event, stream2.Image):          # a corrupt payload shows when the channel is decoded
-        with pytest.raises(stream2.StreamError):
+    if isinstance(event, messages.Image):          # a corrupt payload shows when the channel is decoded
+        with pytest.raises(messages.StreamError):
             event.channel("threshold_1")
     else:
-        assert isinstance(event, stream2.Stray)
-    assert isinstance(stream1.parse_v1([b"{\"htype\": \"dimage-1.0\"}"]), stream2.Stray)
+        assert isinstance(event, messages.Stray)
+    assert isinstance(stream1.parse_v1([b"{\"htype\": \"dimage-1.0\"}"]), messages.Stray)
 
 
 def test_replay_message_from_the_encoded_data_map_is_the_image_message():

@@ -264,8 +264,8 @@ def test_pipeline_command_scores_a_frames_file(test_run, tmp_path):
 
 def test_pipeline_command_writes_crystfel_peak_files_for_the_hits(test_run, tmp_path):
     from cxlspeaks.frames import FramesFile
-    from cxlspeaks.io import read_cxi_peak_frames, read_cxi_peaks
-    from cxlspeaks.peaknet import NetworkPeakFinder
+    from cxlspeaks.cxi import read_cxi_peak_frames, read_cxi_peaks
+    from cxlspeaks.peaks.network import NetworkPeakFinder
 
     workdir, _ = test_run
     models = workdir / TINY_RESULTS / "models"
@@ -355,7 +355,7 @@ def test_pipeline_command_rejects_bad_input_with_exit_code_2(test_run, tmp_path)
 
 def test_index_stage_and_detection_bound_of_the_tiny_run(test_run):
     """indexing.csv (skipped in one line without indexamajig, else indexed), bound.csv and their report sections."""
-    from cxlspeaks.indexing import SKIPPED_NOT_FOUND, find_indexamajig
+    from cxlspeaks.peaks.indexing import SKIPPED_NOT_FOUND, find_indexamajig
 
     workdir, config = test_run
     peaks = workdir / TINY_RESULTS / "reports" / "peaks"

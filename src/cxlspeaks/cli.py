@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     from .crystal import StructureError
     from .geometry import GeometryError
     from .io import DataFileError
-    from .pipeline import PEAK_FINDERS, RunArgumentError, run_pipeline
+    from .pipeline import RunArgumentError, run_pipeline
+    from .run_peaks import PEAK_FINDERS
 
     attributes = ("hit", "photon_energy", "clen") + (() if args.no_peaks else ("peaks",))
     folders = {"hit": "hit", "photon_energy": "photon_energy", "clen": "clen", "peaks": PEAK_FINDERS[args.finder]}

@@ -225,16 +225,3 @@ class FrameStackWriter:
         else:
             self.abort()
 
-
-# The CXI peak-list readers and writers live in cxlspeaks.cxi; their names stay importable from here (lazily:
-# cxi imports this module).
-_CXI_NAMES = ("CXI_FRAME", "CXI_PEAK_COLUMNS", "CXI_PEAK_FIELDS", "CXI_VERSION", "geometry_with_peak_list",
-              "peak_list_shape", "read_cxi_peak_frames", "read_cxi_peaks", "write_cxi_peaks", "write_event_list")
-
-
-def __getattr__(name: str):
-    if name in _CXI_NAMES:
-        from . import cxi
-
-        return getattr(cxi, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

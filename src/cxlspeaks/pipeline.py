@@ -23,7 +23,6 @@ source (:func:`~cxlspeaks.run_checks.check_source`), then the checkpoints and th
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,6 +37,7 @@ from .io import DataFileError, atomic_path
 from .run_checks import (CXI_SIBLINGS, RunArgumentError, check_counts, check_run_paths, check_source,  # noqa: F401
                          check_writable, cell_text, integer_source, list_files, run_outputs)
 from .run_cxi import FrameSpool, linkable, write_peak_files  # noqa: F401
+from .run_peaks import PEAK_FINDERS, RunPeakFinder, peaks_on_good_pixels
 
 PIPELINE_ATTRIBUTES = ("hit", "photon_energy", "clen")
 MODEL_INPUTS = ("counts", "mask", "radius")
@@ -189,49 +189,7 @@ def print_warning(text: str) -> None:
     print(f"cxlspeaks: warning: {' '.join(str(text).split())}", file=sys.stderr, flush=True)
 
 
-def peaks_on_good_pixels(table: pd.DataFrame, good: np.ndarray) -> pd.DataFrame:
-    """The peaks whose position (nearest pixel, raw convention) is a good pixel."""
-    if len(table) == 0:
-        return table
-    ss = np.clip(np.rint(table["ss"].to_numpy()).astype(int), 0, good.shape[0] - 1)
-    fs = np.clip(np.rint(table["fs"].to_numpy()).astype(int), 0, good.shape[1] - 1)
-    return table[good[ss, fs]].reset_index(drop=True)
-
-
 # ---------------------------------------------------------------------- the run
-#: peak finders of ``cxlspeaks run --finder`` -> the folder of their checkpoint under --models
-PEAK_FINDERS = {"network": "peaks", "cascade": "peaks_cascade"}
-
-
-class RunPeakFinder:
-    """The peak finder of a run: ``network`` (:class:`~cxlspeaks.peaknet.NetworkPeakFinder`) or ``cascade``
-    (:class:`~cxlspeaks.cascade.CascadePeakFinder`, prepared for each frame's detector). Saturated pixels are
-    left out of the centroids where the finder supports it (``centroid_good``). Raises
-    :class:`CheckpointError` for a checkpoint of another finder (a missing one names its Snakemake target)."""
-
-    def __init__(self, name: str, checkpoint: str | Path):
-        self.name = name
-        if name == "cascade":
-            from .cascade import CascadePeakFinder
-
-            self.finder = CascadePeakFinder(checkpoint)
-        else:
-            from .peaknet import NetworkPeakFinder
-
-            self.finder = NetworkPeakFinder(checkpoint)
-        self.centroid_good = "centroid_good" in inspect.signature(self.finder.find).parameters
-        self._geometry = None
-
-    def find(self, values: np.ndarray, frame, geometry) -> pd.DataFrame:
-        """Peaks of one frame's counts (``values``, zero on bad pixels) with its good and saturated masks."""
-        if hasattr(self.finder, "prepare") and geometry is not None and geometry is not self._geometry:
-            self.finder.prepare(geometry)
-            self._geometry = geometry
-        if self.centroid_good:
-            return self.finder.find(values, frame.good, centroid_good=frame.good & ~frame.saturated)
-        return self.finder.find(values, frame.good)
-
-
 def _check_indices(n: int, frames: Sequence[int] | None, path) -> np.ndarray:
     indices = np.arange(n) if frames is None else np.asarray(frames, dtype=int).reshape(-1)
     if len(indices) and (indices.min() < 0 or indices.max() >= n):
@@ -250,7 +208,7 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
 
     ``frames_path``: anything :func:`~cxlspeaks.sources.open_source` opens (``geometry_path`` and ``channel``
     are passed on). ``checkpoints`` holds hit, photon_energy and clen, and optionally ``peaks`` (the checkpoint of
-    the peak finder ``peak_finder``: ``network``, the peak network, or ``cascade``, :mod:`cxlspeaks.cascade`),
+    the peak finder ``peak_finder``: ``network``, the peak network, or ``cascade``, :mod:`cxlspeaks.peaks.cascade`),
     which finds the peaks of every hit; ``cxi_output`` (needs ``peaks``) writes them with the .lst,
     .geom and .cell beside it (``cell_file``: the unit cell to copy; default the 1IC6 cell). Missing output
     folders are created. ``progress``: a tqdm bar on standard error (None: only when standard error is a

@@ -14,8 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .evaluate import FLUX_LEVELS, roc_curve  # noqa: E402
 from .io import atomic_path  # noqa: E402
+from .metrics import roc_curve  # noqa: E402
+from .settings import FLUX_LEVELS  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
@@ -137,7 +138,7 @@ def plot_peak_examples(frames_table: pd.DataFrame, frames: dict, predictions: di
     """Test frames (log counts) where their true reflections are densest, true reflections circled (white: >= 3
     expected photons, grey: fewer) and every finder's peaks marked."""
     from .frames import FramesFile
-    from .peaks import read_true_peaks
+    from .peaks.truth import read_true_peaks
 
     n = max(len(frames_table), 1)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.8), squeeze=False)

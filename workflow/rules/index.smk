@@ -2,7 +2,7 @@
 # each dataset, through CrystFEL's indexamajig; rate, right and wrong solutions per dataset and flux level in
 # results/reports/peaks/indexing.csv. Without indexamajig (not on PATH, no peaks.index.indexamajig) the job writes
 # the same table with status "skipped: indexamajig not found" and one line in its log: cheap, so it is in `all`.
-from cxlspeaks.indexing import find_indexamajig
+from cxlspeaks.peaks.indexing import find_indexamajig
 
 INDEX = config["peaks"]["index"]
 INDEX_DATASETS = split_datasets(PEAK_SPLIT)

@@ -3,7 +3,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from cxlspeaks.peak_evaluation import make_finder, predict_split
+from cxlspeaks.peaks.evaluation import make_finder, predict_split
 
 finder = make_finder(snakemake.wildcards.finder, snakemake.input.get("checkpoint"),
                      peakfinder8=snakemake.params.peakfinder8, threads=snakemake.threads)

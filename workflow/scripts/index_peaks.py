@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.stderr = log = open(snakemake.log[0], "w")
 
-from cxlspeaks.indexing import index_stage
+from cxlspeaks.peaks.indexing import index_stage
 
 datasets = snakemake.params.datasets
 settings = dict(snakemake.params.settings)

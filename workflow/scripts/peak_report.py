@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from cxlspeaks.peak_evaluation import peak_report
+from cxlspeaks.peaks.evaluation import peak_report
 
 datasets = snakemake.params.datasets
 finders = snakemake.params.finders

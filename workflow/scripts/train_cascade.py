@@ -3,7 +3,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from cxlspeaks.peak_evaluation import train_cascade_split
+from cxlspeaks.peaks.evaluation import train_cascade_split
 
 train_cascade_split(snakemake.params.settings, dict(zip(snakemake.params.datasets, snakemake.input.frames)),
                     snakemake.input.split, snakemake.output.checkpoint)

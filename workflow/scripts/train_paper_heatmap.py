@@ -3,7 +3,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from cxlspeaks.paper_heatmap import PaperHeatmapConfig, train_paper_heatmap
+from cxlspeaks.peaks.paper_heatmap import PaperHeatmapConfig, train_paper_heatmap
 
 train_paper_heatmap(PaperHeatmapConfig(**snakemake.params.settings),
                     dict(zip(snakemake.params.datasets, snakemake.input.frames)), snakemake.input.split,

@@ -3,7 +3,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from cxlspeaks.peaknet import PeakNetConfig, train_peaknet
+from cxlspeaks.peaks.network import PeakNetConfig, train_peaknet
 
 train_peaknet(PeakNetConfig(**snakemake.params.settings), dict(zip(snakemake.params.datasets, snakemake.input.frames)),
               snakemake.input.split, snakemake.output.checkpoint, snakemake.output.history,

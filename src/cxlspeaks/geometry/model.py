@@ -37,6 +37,7 @@ import numpy as np
 
 from ..constants import wavelength_m
 from .parts import BadRegion, GeometryError, MaskSpec, Panel, ValueRef
+from .writer import geometry_text
 
 
 #: Camera lengths above this many metres are refused (a number without unit is metres: ``clen = 150``).
@@ -309,8 +310,6 @@ class Geometry:
     # ------------------------------------------------------------------ file format
     def to_geom_text(self) -> str:
         """The geometry as a CrystFEL geometry file (every panel value written explicitly)."""
-        from .text import geometry_text
-
         return geometry_text(self)
 
     def write(self, path: str | Path) -> None:

@@ -204,7 +204,8 @@ class Collector:
 
         import h5py
 
-        from ..io import DATA, atomic_write_text, create_frame_stack, geometry_with_peak_list, write_cxi_peaks
+        from ..cxi import geometry_with_peak_list, write_cxi_peaks
+        from ..io import DATA, atomic_write_text, create_frame_stack
 
         if not self._hit_buffer:
             return

@@ -18,7 +18,7 @@ from pathlib import Path
 import cbor2
 import numpy as np
 
-from ..sources import stream1, stream2
+from ..sources import messages, stream1, stream2
 
 
 def _read_frames(source: str | Path) -> tuple[np.ndarray, object, dict]:
@@ -50,10 +50,10 @@ def _read_frames(source: str | Path) -> tuple[np.ndarray, object, dict]:
 
 def series_info(geometry, shape, n_images: int, series_id: int, photon_energy_ev: float | None = None,
                 saturation_value: int | None = None, dtype: str = "uint32"):
-    """The :class:`~cxlspeaks.sources.stream2.SeriesInfo` a DCU would state for frames of ``geometry``."""
+    """The :class:`~cxlspeaks.sources.messages.SeriesInfo` a DCU would state for frames of ``geometry``."""
     panel = geometry.panels[0]
     mask = (~geometry.mask).astype(np.uint32)
-    return stream2.SeriesInfo(
+    return messages.SeriesInfo(
         series_id=series_id, shape=tuple(shape), dtype=dtype, number_of_images=n_images,
         pixel_mask={"threshold_1": mask}, saturation_value=saturation_value or int(np.iinfo(dtype).max - 1),
         photon_energy_ev=photon_energy_ev or geometry.photon_energy_ev or 9000.0, clen_m=float(panel.clen_m),

@@ -8,7 +8,7 @@ worker has not seen yet wait (and the worker asks the collector for it) until it
 Per image (the chosen channel): the good-pixel mask (geometry x the start's pixel mask x no-data values),
 binning as :func:`cxlspeaks.pipeline.run_pipeline` (``features.binned_frames``, ``mask_fraction``), the
 :class:`~cxlspeaks.pipeline.FramePredictor` (hit probability; photon energy and camera length for hits), for
-hits the peaks (``network`` = :class:`~cxlspeaks.peaknet.NetworkPeakFinder` or ``peakfinder8`` with its
+hits the peaks (``network`` = :class:`~cxlspeaks.peaks.network.NetworkPeakFinder` or ``peakfinder8`` with its
 photon-counting setting), and the good saturated pixels. Messages drained from the detector socket are queued with
 their arrival time; one older than ``max_age_s`` when its turn comes is reported as ``skipped`` (backpressure
 is explicit, never silent). Every image the worker took is first announced (``recv``) so that the collector
@@ -60,7 +60,7 @@ class FrameScorer:
         self.predictor = FramePredictor({a: models / a / "checkpoint.pt" for a in ATTRIBUTES}, threshold)
         self.live = LivePredictor(self.predictor)
         if finder == "network":
-            from ..peaknet import NetworkPeakFinder
+            from ..peaks.network import NetworkPeakFinder
 
             self.network = NetworkPeakFinder(models / "peaks" / "checkpoint.pt", threads=threads)
         elif finder != "peakfinder8":
@@ -76,7 +76,7 @@ class FrameScorer:
         pf8 = None
         if self.finder == "peakfinder8":
             from ..frames import panel_index
-            from ..peakfinder8 import PHOTON_COUNTING, Peakfinder8
+            from ..peaks.peakfinder8 import PHOTON_COUNTING, Peakfinder8
 
             pf8 = Peakfinder8(radius_px(geometry), good, PHOTON_COUNTING, panel_index(geometry))
         return mask_fraction(good, self.predictor.bin_factor), pf8
@@ -135,7 +135,7 @@ class FrameScorer:
                   ) -> tuple[dict, object]:
         """``score(make_frame(info, image_id, raw, static_good), geometry)``, from the non-zero pixels."""
         from ..features import binned_frames, binned_sparse
-        from ..sources.stream2 import make_frame
+        from ..sources.messages import make_frame
 
         raw = np.asarray(raw)
         sat = info.saturation_value
@@ -201,7 +201,7 @@ def keep_memory(prefault_mb: int = 0) -> None:
 def _as_sent(encoded, raw: np.ndarray):
     """A hit's frame for the collector: the detector's own bitshuffle-LZ4 bytes when they are one HDF5 chunk of
     the (ss, fs) frame (the collector writes them as they are, ~30x smaller than the counts), else the counts."""
-    from ..sources.stream2 import Compressed, EncodedArray
+    from ..sources.messages import Compressed, EncodedArray
 
     if (isinstance(encoded, EncodedArray) and type(encoded.payload) is Compressed
             and encoded.payload.algorithm == "bslz4" and encoded.payload.elem_size == raw.dtype.itemsize
@@ -266,7 +266,7 @@ class Worker:
         self.stop = False
 
     def learn(self, info) -> None:
-        from ..sources.stream2 import StreamError
+        from ..sources.messages import StreamError
 
         if info.series_id in self.series:
             return
@@ -287,7 +287,7 @@ class Worker:
     def receive(self) -> None:
         import zmq
 
-        from ..sources.stream2 import End, Image, Start
+        from ..sources.messages import End, Image, Start
 
         while self.ctl.poll(0):
             message = self.ctl.recv_pyobj()
@@ -319,7 +319,7 @@ class Worker:
                 self.send(("stray", self.index, event.reason))
 
     def process(self, t_received: float, image) -> None:
-        from ..sources.stream2 import StreamError
+        from ..sources.messages import StreamError
 
         info, geometry, good = self.series[image.series_id]
         base = {"series_id": image.series_id, "image_id": image.image_id, "worker": self.index,

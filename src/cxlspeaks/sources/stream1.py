@@ -13,8 +13,8 @@ Messages (SIMPLON API reference, stream interface), each one multipart ZeroMQ me
   ``{"htype": "dconfig-1.0", "start_time", "stop_time", "real_time"}`` (ns).
 - end of series: ``{"htype": "dseries_end-1.0", "series": N}``.
 
-Parsing returns the same events as Stream V2 (:mod:`cxlspeaks.sources.stream2`); the blob of an image is decoded
-only when the frame is used. A malformed or partial message is a :class:`~cxlspeaks.sources.stream2.Stray`.
+Parsing returns the same events as Stream V2 (:mod:`cxlspeaks.sources.messages`); the blob of an image is decoded
+only when the frame is used. A malformed or partial message is a :class:`~cxlspeaks.sources.messages.Stray`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 
 import numpy as np
 
-from .stream2 import Compressed, EncodedArray, End, Image, SeriesInfo, Start, Stray, StreamError, compress_bytes
+from .messages import Compressed, EncodedArray, End, Image, SeriesInfo, Start, Stray, StreamError, compress_bytes
 
 DEFAULT_PORT = 9999
 

@@ -41,7 +41,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 from scipy.stats import poisson
 
-from .io import BACKGROUND, SIGNAL, WATER_SCALE, open_h5
+from ..io import BACKGROUND, SIGNAL, WATER_SCALE, open_h5
 
 PHOTON_EDGES = (1.0, 3.0, 10.0, 30.0, np.inf)
 
@@ -157,7 +157,7 @@ def bound_table(reflections: pd.DataFrame, sums: dict[str, np.ndarray], n_good: 
 
     ``reflections``: one row per true reflection (dataset, frame, flux, photons), aligned with ``sums`` (arrays
     concatenated over frames); ``n_good``: good pixels per dataset; ``rates``: finder, flux,
-    false_per_empty_frame, n_empty; ``recall``: :func:`cxlspeaks.peaks.recall_by_photons` by finder and flux.
+    false_per_empty_frame, n_empty; ``recall``: :func:`cxlspeaks.peaks.matching.recall_by_photons` by finder and flux.
     Columns: finder, flux, bin, lo, hi, n_true, bound_recall, finder_recall, false_per_empty_frame,
     false_rate_used (r of the alpha rule), alpha_per_pixel (r / n_good: the level of a one-pixel footprint; a
     footprint of |F| pixels gets |F| times it).
@@ -200,7 +200,7 @@ def detection_bound(truth: pd.DataFrame, frames: dict, good: dict, rates: pd.Dat
                     recall: pd.DataFrame | None = None, footprint: str | float = "best", window_px: int = 4,
                     max_pixels: int = 25) -> pd.DataFrame:
     """The bound table (:func:`bound_table`) from a truth table of one finder's matching (dataset, frame, flux,
-    fs, ss, photons per true reflection, :func:`cxlspeaks.peaks.match_frames`), the frames files and good masks
+    fs, ss, photons per true reflection, :func:`cxlspeaks.peaks.matching.match_frames`), the frames files and good masks
     per dataset."""
     truth = truth[truth["photons"] >= PHOTON_EDGES[0]].reset_index(drop=True)
     parts, order = [], []

@@ -12,7 +12,7 @@ The workflow's ``index`` stage (workflow/rules/index.smk) takes, per dataset, th
 
 runs ``indexamajig -i X.lst -g X.geom -p crystal.cell --peaks=cxi --indexing=asdf,taketwo -j N -o X.stream``
 (CrystFEL 0.10-0.12 options; HDF5_PLUGIN_PATH from :func:`cxlspeaks.crystfel_env` for the bitshuffle frames),
-parses the stream (:func:`parse_stream`) and checks each solution (:func:`check_orientation`).
+parses the stream (:func:`cxlspeaks.peaks.stream.parse_stream`) and checks each solution (:func:`check_orientation`).
 
 **Right indexing.** The stream's astar, bstar, cstar (nm^-1, lab frame, CrystFEL's convention, as pattern_sim and
 the frames file's /entry/crystal/astar|bstar|cstar in 1/m) are compared with the frame's true reciprocal basis
@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from .stream import StreamChunk, parse_stream
 
 SKIPPED_NOT_FOUND = "skipped: indexamajig not found"
 SKIPPED_DISABLED = "skipped: disabled (peaks.index.enabled: false)"
@@ -82,89 +82,6 @@ def indexamajig_command(program: str, lst: str | Path, geom: str | Path, cell: s
     if temp_dir is not None:
         cmd.append(f"--temp-dir={temp_dir}")
     return cmd + [str(e) for e in extra]
-
-
-# ---------------------------------------------------------------------- the stream
-@dataclass
-class StreamCrystal:
-    """One crystal of a chunk: cell (a, b, c in nm; alpha, beta, gamma in degrees) and the reciprocal axes."""
-
-    cell: tuple[float, ...] | None = None
-    astar: np.ndarray | None = None      # nm^-1, lab frame
-    bstar: np.ndarray | None = None
-    cstar: np.ndarray | None = None
-
-    def basis_per_m(self) -> np.ndarray:
-        """Columns a*, b*, c* in 1/m (the frames file's unit)."""
-        return np.column_stack([self.astar, self.bstar, self.cstar]) * 1e9
-
-
-@dataclass
-class StreamChunk:
-    filename: str = ""
-    event: str = ""
-    indexed_by: str = "none"
-    num_peaks: int | None = None
-    crystals: list[StreamCrystal] = field(default_factory=list)
-
-    @property
-    def frame(self) -> int | None:
-        """The frame number of an event ``//N`` (None when the event is not of that form)."""
-        m = re.fullmatch(r"//(\d+)", self.event.strip())
-        return int(m.group(1)) if m else None
-
-
-_FLOAT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-
-
-def parse_stream(text: str) -> list[StreamChunk]:
-    """The chunks of a CrystFEL stream (0.10-0.12): image filename, event, indexed_by, num_peaks and, per crystal
-    (``--- Begin crystal`` ... ``--- End crystal``), "Cell parameters a b c nm, al be ga deg" and the
-    "astar = x y z nm^-1" lines (bstar, cstar alike). Reflection and peak tables are skipped."""
-    chunks: list[StreamChunk] = []
-    chunk: StreamChunk | None = None
-    crystal: StreamCrystal | None = None
-    for line in text.splitlines():
-        s = line.strip()
-        if s.startswith("----- Begin chunk"):
-            chunk = StreamChunk()
-            continue
-        if s.startswith("----- End chunk"):
-            if chunk is not None:
-                chunks.append(chunk)
-            chunk, crystal = None, None
-            continue
-        if chunk is None:
-            continue
-        if s.startswith("--- Begin crystal"):
-            crystal = StreamCrystal()
-            continue
-        if s.startswith("--- End crystal"):
-            if crystal is not None:
-                chunk.crystals.append(crystal)
-            crystal = None
-            continue
-        if crystal is None:
-            if s.startswith("Image filename:"):
-                chunk.filename = s.split(":", 1)[1].strip()
-            elif s.startswith("Event:"):
-                chunk.event = s.split(":", 1)[1].strip()
-            elif s.startswith("indexed_by"):
-                chunk.indexed_by = s.split("=", 1)[1].strip()
-            elif s.startswith("num_peaks"):
-                chunk.num_peaks = int(float(s.split("=", 1)[1]))
-            continue
-        if s.startswith("Cell parameters"):
-            numbers = [float(v) for v in re.findall(_FLOAT, s[len("Cell parameters"):])]
-            if len(numbers) >= 6:
-                crystal.cell = tuple(numbers[:6])
-        else:
-            m = re.match(r"([abc]star)\s*=\s*(.*)", s)
-            if m:
-                values = [float(v) for v in re.findall(_FLOAT, m.group(2).replace("nm^-1", ""))]
-                if len(values) >= 3:
-                    setattr(crystal, m.group(1), np.array(values[:3], np.float64))
-    return chunks
 
 
 # ---------------------------------------------------------------------- the orientation check
@@ -215,7 +132,7 @@ def check_orientation(indexed: np.ndarray, true: np.ndarray, ops: np.ndarray | N
 def true_bases(frames_path: str | Path, frames: Sequence[int], crystal=None) -> np.ndarray:
     """True reciprocal bases (n, 3, 3) in 1/m, columns a*, b*, c*, lab frame: /entry/crystal/astar|bstar|cstar, or
     from /entry/crystal/quaternion and ``crystal`` (:class:`cxlspeaks.crystal.Crystal`) when those are absent."""
-    from .io import open_h5
+    from ..io import open_h5
 
     rows = np.asarray(frames, np.int64)
     with open_h5(frames_path) as h5:
@@ -246,8 +163,8 @@ def index_frames(split: pd.DataFrame, manifests: dict[str, pd.DataFrame],
 def write_finder_inputs(workdir: Path, finder: str, dataset: str, frames_path: str | Path, geometry_text: str,
                         tables: Sequence[pd.DataFrame], frames: Sequence[int]) -> tuple[Path, Path]:
     """``{workdir}/{finder}/{dataset}.cxi`` (linked to the frames), ``.lst`` and ``.geom``; returns (lst, geom)."""
-    from .cxi import geometry_with_peak_list, write_cxi_peaks, write_event_list
-    from .io import atomic_write_text
+    from ..cxi import geometry_with_peak_list, write_cxi_peaks, write_event_list
+    from ..io import atomic_write_text
 
     folder = workdir / finder
     folder.mkdir(parents=True, exist_ok=True)
@@ -266,7 +183,7 @@ def _last_line(text: str) -> str:
 def run_indexamajig(program: str, lst: Path, geom: Path, cell: Path, stream: Path, methods: Sequence[str],
                     threads: int, extra: Sequence[str], timeout_s: float, log=None) -> str:
     """Run indexamajig; "ok" or "failed: <why>" (the stage goes on with the other finders and datasets)."""
-    from . import crystfel_env
+    from .. import crystfel_env
 
     temp = stream.parent / f".{stream.stem}.tmp"
     temp.mkdir(parents=True, exist_ok=True)
@@ -355,11 +272,11 @@ def index_stage(peaks: dict[str, str | Path], frames: dict[str, str | Path], geo
     ``peaks``: finder -> its peaks CSV (dataset, frame, fs, ss, ...); the finder "truth" needs no file (the true
     reflections of >= settings["truth_min_photons"] photons). ``settings``: the config's peaks.index.
     """
-    from .crystal import read_crystal
-    from .dataset import read_manifest, read_split
-    from .io import atomic_path, atomic_write_text
-    from .peaks import read_true_peaks
-    from .simulate.pattern_sim import cell_file_text
+    from ..crystal import read_crystal
+    from ..dataset import read_manifest, read_split
+    from ..io import atomic_path, atomic_write_text
+    from .truth import read_true_peaks
+    from ..simulate.pattern_sim import cell_file_text
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from .frames import FramesFile
-from .io import LABEL, atomic_path
-from .models import build_model
-from .train import CheckpointError, load_checkpoint, prepare_device, save_checkpoint, train_rows
+from ..frames import FramesFile
+from ..io import LABEL, atomic_path
+from ..models import build_model
+from ..train import CheckpointError, load_checkpoint, prepare_device, save_checkpoint, train_rows
 
 PAPER_HEATMAP_ATTRIBUTE = "paper_heatmap"
 

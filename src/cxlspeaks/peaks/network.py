@@ -34,11 +34,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .checkpoint import CheckpointError, check_finite_state, load_checkpoint, save_checkpoint
-from .frames import FramesFile, find_in_frames
-from .io import atomic_path
-from .seeding import frame_rng
-from .train import prepare_device, train_rows
+from ..checkpoint import CheckpointError, check_finite_state, load_checkpoint, save_checkpoint
+from ..frames import FramesFile, find_in_frames
+from ..io import atomic_path
+from ..seeding import frame_rng
+from ..train import prepare_device, train_rows
 
 PEAKNET_ATTRIBUTE = "peaks"
 TARGET_SIGMA_CELLS = 0.8
@@ -300,7 +300,7 @@ def load_crops(frames: dict[str, str | Path], rows: pd.DataFrame, config: PeakNe
     """Crops of the given (dataset, frame) rows, each frame's draws seeded by (seed, dataset, frame)."""
     from tqdm import tqdm
 
-    from .peaks import read_true_peaks
+    from .truth import read_true_peaks
 
     counts, good, target = [], [], []
     for dataset, group in rows.groupby("dataset", sort=True):
@@ -320,7 +320,8 @@ def load_crops(frames: dict[str, str | Path], rows: pd.DataFrame, config: PeakNe
 def calibrate_threshold(finder: NetworkPeakFinder, frames: dict[str, str | Path], rows: pd.DataFrame,
                         config: PeakNetConfig) -> tuple[float, pd.DataFrame]:
     """The score threshold that maximises F1 (reflections >= calibrate_min_photons) on the given frames."""
-    from .peaks import match_frames, peak_metrics, read_true_peaks_of_rows
+    from .matching import match_frames, peak_metrics
+    from .truth import read_true_peaks_of_rows
 
     predicted = find_in_frames(finder, frames, rows, threshold=0.02)
     truth = read_true_peaks_of_rows(frames, rows)

@@ -2,14 +2,14 @@
 
 Finders (each has ``find(frame, good) -> peak table``; :func:`make_finder` builds one by name):
 
-* ``network``: cxlspeaks' CenterNet-style network (:mod:`cxlspeaks.peaknet`), threshold calibrated in training;
-* ``peakfinder8``: peakfinder8 (:mod:`cxlspeaks.peakfinder8`) in the setting for photon-counting frames;
+* ``network``: cxlspeaks' CenterNet-style network (:mod:`cxlspeaks.peaks.network`), threshold calibrated in training;
+* ``peakfinder8``: peakfinder8 (:mod:`cxlspeaks.peaks.peakfinder8`) in the setting for photon-counting frames;
 * ``peakfinder8_crystfel``: peakfinder8 with indexamajig 0.10.2's defaults;
-* ``paper_heatmap``: the source paper's attention heatmap model (:mod:`cxlspeaks.paper_heatmap`);
-* ``cascade``: the sparse CPU cascade (:mod:`cxlspeaks.cascade`), trained by :func:`train_cascade_split`.
+* ``paper_heatmap``: the source paper's attention heatmap model (:mod:`cxlspeaks.peaks.paper_heatmap`);
+* ``cascade``: the sparse CPU cascade (:mod:`cxlspeaks.peaks.cascade`), trained by :func:`train_cascade_split`.
 
 Protocol (DESIGN.md, "Evaluation protocol"): a found peak matches a true reflection within ``match_radius_px``
-(one-to-one, nearest first, :mod:`cxlspeaks.peaks`); precision, recall, F1 and RMS position error of the matches
+(one-to-one, nearest first, :mod:`.matching`); precision, recall, F1 and RMS position error of the matches
 for reflections of at least 0, 3 and 10 expected photons, per flux level, on the split's test frames only (crystal
 and empty frames: a peak found on an empty frame is a false positive). Speed: frames per second of ``find`` alone
 (reading and decompressing excluded), single process.
@@ -25,10 +25,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .dataset import read_manifest, read_split
-from .frames import find_in_frames, panel_index, radius_px
-from .io import atomic_path, atomic_write_text
-from .peaks import match_frames, metrics_table, read_true_peaks_of_rows, recall_by_photons
+from ..dataset import read_manifest, read_split
+from ..frames import find_in_frames, panel_index, radius_px
+from ..io import atomic_path, atomic_write_text
+from .matching import match_frames, metrics_table, recall_by_photons
+from .truth import read_true_peaks_of_rows
 
 FINDERS = ("network", "peakfinder8", "peakfinder8_crystfel", "paper_heatmap", "cascade")
 MIN_PHOTONS = (0.0, 3.0, 10.0)
@@ -77,7 +78,7 @@ def make_finder(name: str, checkpoint: str | Path | None = None, peakfinder8: di
     if checkpoint is None:
         raise ValueError(f"peak finder {name!r} needs a checkpoint")
     if name == "network":
-        from .peaknet import NetworkPeakFinder
+        from .network import NetworkPeakFinder
 
         return NetworkPeakFinder(checkpoint, threads=threads)
     if name == "cascade":
@@ -95,7 +96,7 @@ class SplitFrames:
     each row's good-pixel mask (one array per dataset, shared)."""
 
     def __init__(self, frames: dict[str, str | Path], rows: pd.DataFrame):
-        from .frames import FramesFile
+        from ..frames import FramesFile
 
         missing = sorted(set(rows["dataset"]) - set(frames))
         if missing:
@@ -131,12 +132,12 @@ class SplitFrames:
 
 def train_cascade_split(settings: dict, frames: dict[str, str | Path], split_path: str | Path,
                         output: str | Path) -> dict:
-    """Train the cascade finder (:func:`cxlspeaks.cascade_train.train_cascade`) on a split's training frames,
+    """Train the cascade finder (:func:`cxlspeaks.peaks.cascade_train.train_cascade`) on a split's training frames,
     read lazily (one frame in memory), with their true reflections; ``settings``: :class:`CascadeConfig` fields.
     The background rings come from the first dataset's detector. Writes the checkpoint to ``output``."""
     from .cascade import CascadeConfig
     from .cascade_train import train_cascade
-    from .train import train_rows
+    from ..train import train_rows
 
     config = CascadeConfig(**settings)
     rows = train_rows(split_path).sort_values(["dataset", "frame"]).reset_index(drop=True)
@@ -201,9 +202,9 @@ def peak_report(predictions: dict[str, str | Path], timings: dict[str, str | Pat
                 radius_px: float = 2.0, examples: int = 3, seed: int = 0) -> pd.DataFrame:
     """results/reports/peaks/: metrics.csv and metrics.json (one row per finder, flux level and min_photons),
     recall_by_photons.csv, bound.csv (the detection bound's recall per photon bin at every finder's false-peak
-    rate, :mod:`cxlspeaks.detection_bound`), recall_vs_photons.png (the bound dashed) and examples.png (true and
+    rate, :mod:`cxlspeaks.peaks.bound`), recall_vs_photons.png (the bound dashed) and examples.png (true and
     found peaks on test frames)."""
-    from .report import plot_peak_examples, plot_recall_vs_photons
+    from ..report import plot_peak_examples, plot_recall_vs_photons
 
     output_dir = Path(output_dir)
     truth, predicted, keys = match_finders(predictions, frames, manifests, split_path, radius_px)
@@ -241,7 +242,7 @@ def peak_report(predictions: dict[str, str | Path], timings: dict[str, str | Pat
 
 def _rates_of_every_flux(rates: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
     """One rate row per (finder, flux) of the test frames; a flux level without empty test frames gets n_empty 0
-    (the bound then uses one false peak per frame, :func:`cxlspeaks.detection_bound.false_rate_used`)."""
+    (the bound then uses one false peak per frame, :func:`cxlspeaks.peaks.bound.false_rate_used`)."""
     every = keys[["finder", "flux"]].drop_duplicates()
     out = every.merge(rates, on=["finder", "flux"], how="left")
     out["n_empty"] = out["n_empty"].fillna(0).astype(int)
@@ -250,10 +251,10 @@ def _rates_of_every_flux(rates: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFram
 
 def bound_of_finders(truth: pd.DataFrame, frames: dict[str, str | Path], rates: pd.DataFrame,
                      recall: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The detection bound (:mod:`cxlspeaks.detection_bound`) of every finder's false-peak rate and flux level, on
+    """The detection bound (:mod:`cxlspeaks.peaks.bound`) of every finder's false-peak rate and flux level, on
     the true reflections of the test frames (one finder's truth table: they are the same for all)."""
-    from .detection_bound import detection_bound
-    from .frames import FramesFile
+    from .bound import detection_bound
+    from ..frames import FramesFile
 
     if truth.empty:
         one = truth

@@ -1,12 +1,12 @@
-"""Training of the cascade peak finder (:mod:`cxlspeaks.cascade`) on frames with known reflections.
+"""Training of the cascade peak finder (:mod:`cxlspeaks.peaks.cascade`) on frames with known reflections.
 
 :func:`train_cascade` takes frames in memory (simulated, or read from a dataset's frames.h5 with
-:class:`cxlspeaks.frames.FramesFile` and :func:`cxlspeaks.peaks.read_true_peaks`): the candidates of stage (a)
+:class:`cxlspeaks.frames.FramesFile` and :func:`cxlspeaks.peaks.truth.read_true_peaks`): the candidates of stage (a)
 of the training frames, labelled 1 when a true reflection lies within ``label_radius_px`` of the candidate pixel,
 fit the scoring perceptron (binary cross-entropy, Adam, features standardised with the training mean and standard
 deviation, seeded); the score threshold is then the one (0.02 ... 0.98 in steps of 0.02) with the best F1 for
 reflections of >= ``calibrate_min_photons`` on held-out frames (``calibration_fraction`` of them, a seeded
-choice), matched one-to-one within ``match_radius_px`` as :mod:`cxlspeaks.peaks` does.
+choice), matched one-to-one within ``match_radius_px`` as :mod:`cxlspeaks.peaks.matching` does.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def calibrate(finder: CascadePeakFinder, frames, true_peaks, good, config: Casca
               indices: Sequence[int]) -> tuple[float, pd.DataFrame]:
     """The threshold with the best F1 (reflections >= calibrate_min_photons) on the frames ``indices``, and the
     scan of thresholds 0.02 ... 0.98."""
-    from .peaks import match_frames, peak_metrics
+    from .matching import match_frames, peak_metrics
 
     masks = _masks(good, len(frames))
     found = [finder.find(frames[i], masks[i], threshold=0.02) for i in indices]

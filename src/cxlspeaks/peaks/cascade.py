@@ -20,14 +20,14 @@ pixel is 0 and a frame is described by its ~10^4-10^5 non-zero pixels. Every ste
     significance -log10 P(Poisson(mu) >= B) and non-zero pixels, the excess between 5 x 5 and 9 x 9, the largest
     count, the offset and spread (second moment) of the photons in the 5 x 5 box, good-pixel fractions and the
     water level. It is
-    trained (:mod:`cxlspeaks.cascade_train`) on candidates of simulated frames, labelled by a true reflection
+    trained (:mod:`cxlspeaks.peaks.cascade_train`) on candidates of simulated frames, labelled by a true reflection
     within 2 px; the score threshold is the one with the best F1 on held-out frames.
-(c) Positions, photons, SNR: :func:`cxlspeaks.peaknet.refine_peaks`'s photon centroid (re-centred Gaussian-
+(c) Positions, photons, SNR: :func:`cxlspeaks.peaks.network.refine_peaks`'s photon centroid (re-centred Gaussian-
     weighted centroid above the local background, two passes), computed here from the sparse scratch image
-    (same arithmetic, no whole-frame copy), then :func:`cxlspeaks.peaknet.merge_close`.
+    (same arithmetic, no whole-frame copy), then :func:`cxlspeaks.peaks.network.merge_close`.
 
 Peak tables: fs, ss (raw convention: pixel centre at the integer index), photons, snr, score (the model's
-probability), float64, as :class:`cxlspeaks.peaknet.NetworkPeakFinder` returns them.
+probability), float64, as :class:`cxlspeaks.peaks.network.NetworkPeakFinder` returns them.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammainc
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .peaknet import (BACKGROUND_INNER_PX, CENTROID_ITERATIONS, CENTROID_SIGMA_PX, PHOTON_RADIUS_PX,
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .network import (BACKGROUND_INNER_PX, CENTROID_ITERATIONS, CENTROID_SIGMA_PX, PHOTON_RADIUS_PX,
                       WINDOW_HALF_PX, merge_close)
 
 CASCADE_ATTRIBUTE = "peaks_cascade"
@@ -118,7 +118,7 @@ def _offsets(half: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 class CascadePeakFinder:
     """The cascade finder: ``prepare(geometry)`` (optional), ``find(frame, good) -> peak table``.
 
-    ``checkpoint``: a dict from :func:`cxlspeaks.cascade_train.train_cascade` or a path to one saved with
+    ``checkpoint``: a dict from :func:`cxlspeaks.peaks.cascade_train.train_cascade` or a path to one saved with
     :meth:`save`; ``None`` gives an untrained finder (candidates only, for training). Frames are (ss, fs) arrays
     of photon counts (any real dtype, float32 from :class:`cxlspeaks.frames.FramesFile`), ``good`` a bool (ss, fs)
     mask. Raises :class:`CheckpointError` for a checkpoint that is not a cascade, ValueError for a frame whose
@@ -164,7 +164,7 @@ class CascadePeakFinder:
             self._good_source = None
             return
         pos = geometry.pixel_positions_m
-        from .frames import radius_px
+        from ..frames import radius_px
 
         radius = radius_px(geometry)
         good = geometry.mask & np.isfinite(radius)
@@ -302,7 +302,7 @@ class CascadePeakFinder:
 
     # ------------------------------------------------------------------ stage (c)
     def refine(self, pc: np.ndarray) -> pd.DataFrame:
-        """Stage (c): peaknet.refine_peaks' centroid, photons and SNR from the scratch image (candidates given as
+        """Stage (c): network.refine_peaks' centroid, photons and SNR from the scratch image (candidates given as
         padded flat indices); raw convention."""
         width = self._width
         ss0, fs0 = np.divmod(pc, width)

@@ -12,16 +12,8 @@ Steps (C names in brackets)
 0. **Mask** (``create_peakfinder_mask``). A pixel takes part when it is good and ``min_res < r < max_res``
    (both strict), r being its distance from the beam axis. The mask applies to every later step: radial
    statistics, peak pixels and background pixels.
-1. **Radial statistics** (``fill_radial_bins``, ``compute_radial_stats``). Radius bin = ``rint(r)`` (round half
-   to even, as C ``rint``). Per bin, start with an upper cut 1e9 and a lower cut -1e9; then ``iterations`` (5 in
-   C) times: over the masked pixels with ``lower < value < upper`` (both strict) compute ``offset`` = mean and
-   ``sigma`` = sqrt(mean(value^2) - offset^2) (when that variance is negative through rounding, C keeps the
-   negative variance itself as sigma; reproduced), then ``upper = max(offset + min_snr sigma, adc_threshold)`` and
-   ``lower = offset - min_snr sigma``. The ADC threshold is applied at *every* iteration (it caps the next
-   iteration's upper cut), not only at the end. A bin left with no pixel gets offset 0, sigma 0, upper = FLT_MAX
-   and lower = FLT_MIN (the smallest positive float, not -FLT_MAX: a C quirk that is reproduced; its effect is
-   that an all-zero bin, whose lower cut becomes 0 after the first iteration, ends with threshold FLT_MAX, i.e.
-   no peak can start in it). The final upper cut is the bin's peak threshold.
+1. **Radial statistics** (``fill_radial_bins``, ``compute_radial_stats``): per radius bin an offset, sigma and
+   peak threshold from iterated cuts; the rules and C's quirks are in :mod:`.radial`.
 2. **Peak search** (``process_panel``, ``peak_search``). Pixels with ``value > threshold`` of their own bin
    (strict) form 8-connected regions (C floods from a seed through the 3 x 3 neighbourhood), never crossing a
    panel edge. C seeds a region only from pixels that are not on the first/last row or column of their panel,
@@ -94,7 +86,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -102,18 +93,16 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .radial import RadialStats, radial_stats
+
 __all__ = ["CRYSTFEL_DEFAULTS", "PEAK_COLUMNS", "PHOTON_COUNTING", "Peakfinder8", "Peakfinder8Settings"]
 
 #: Output columns and dtypes of :meth:`Peakfinder8.find`.
 PEAK_COLUMNS = {"fs": np.float64, "ss": np.float64, "photons": np.float64, "snr": np.float64,
                 "npix": np.int64, "max_photons": np.float64, "score": np.float64}
 
-_FLT_MAX = float(np.finfo(np.float32).max)   # C FLT_MAX: upper cut of an empty radius bin
-_FLT_MIN = float(np.finfo(np.float32).tiny)  # C FLT_MIN (smallest positive normal): lower cut of an empty bin
-_INITIAL_CUT = 1e9                           # C's first-iteration cuts are +-1e9
 _TINY = 1e-10                                # C's "is zero" tolerance for sums and sigma
 _NO_LOCAL_SIGMA = 0.01                       # C's local sigma when the disc is empty or its variance negative
-_HIST_VALUES = 32                            # integer values 0..31 enter the radial statistics as histograms
 
 
 def _is_int(x) -> bool:
@@ -176,13 +165,6 @@ CRYSTFEL_DEFAULTS = Peakfinder8Settings(adc_threshold=800.0, min_snr=5.0, min_pi
 #: dropped (C's rule; spot tails usually put photons in the disc).
 PHOTON_COUNTING = Peakfinder8Settings(adc_threshold=1.5, min_snr=5.0, min_pix_count=2, max_pix_count=200,
                                       local_bg_radius=3, min_res_px=0.0, max_res_px=math.inf)
-
-
-class _RadialStats(NamedTuple):
-    offset: np.ndarray      # per radius bin, mean of the pixels kept by the last iteration
-    sigma: np.ndarray       # per radius bin (C semantics: the variance itself when it came out negative)
-    threshold: np.ndarray   # per radius bin, the peak threshold (last upper cut)
-    count: np.ndarray       # per radius bin, pixels kept by the last iteration
 
 
 def _empty_peaks() -> pd.DataFrame:
@@ -265,51 +247,9 @@ class Peakfinder8:
         self._disc_dfs = dfs[keep].astype(np.int64)
 
     # ------------------------------------------------------------------ radial statistics
-    def _radial_stats_sparse(self, b: np.ndarray, v: np.ndarray) -> _RadialStats:
+    def _radial_stats_sparse(self, b: np.ndarray, v: np.ndarray) -> RadialStats:
         """Iterative radial statistics from the masked non-zero pixels (bins b, values v); zeros are implicit."""
-        s = self.settings
-        nb = self.n_bins
-        # Photon counts: the pixels holding a small integer k (0 <= k < _HIST_VALUES) are kept as a per-bin
-        # histogram, so that each iteration costs O(bins) for them; other values are kept pixel by pixel. All sums
-        # are the same as pixel-wise sums (exact for integers).
-        small = (v >= 1) & (v < _HIST_VALUES)
-        k = np.where(small, v, 0.0).astype(np.int64)
-        small &= k == v
-        hist = np.bincount(k[small] * nb + b[small], minlength=_HIST_VALUES * nb)
-        hist = hist.reshape(_HIST_VALUES, nb).astype(np.float64)
-        hist[0] = self._n_mask_per_bin - np.bincount(b, minlength=nb)      # zeros
-        vals = np.arange(_HIST_VALUES, dtype=np.float64)[:, None]
-        # Cumulative count, sum and sum of squares over the histogram values: the pixels with lower < k < upper
-        # are k in [lo, hi), whose sums are differences of these (integers: exact, as the direct sums).
-        cum = np.zeros((3, _HIST_VALUES + 1, nb))
-        weights = np.stack([hist, hist * vals, hist * (vals * vals)])
-        for j in range(_HIST_VALUES):                  # (np.cumsum along this axis is slower)
-            np.add(cum[:, j], weights[:, j], out=cum[:, j + 1])
-        rows = np.arange(nb)
-        b, v = b[~small], v[~small]
-        upper = np.full(nb, _INITIAL_CUT)
-        lower = np.full(nb, -_INITIAL_CUT)
-        v2 = v * v
-        for _ in range(s.iterations):
-            # (fmax/fmin drop a NaN cut: an empty range, as the comparisons with NaN)
-            hi = np.fmin(np.fmax(np.ceil(upper), 0.0), _HIST_VALUES).astype(np.int64)
-            lo = np.minimum(np.fmin(np.fmax(np.floor(lower) + 1, 0.0), _HIST_VALUES).astype(np.int64), hi)
-            count, total, total2 = cum[:, hi, rows] - cum[:, lo, rows]
-            if len(v):
-                inside = (v < upper[b]) & (v > lower[b])
-                bi = b[inside]
-                count = np.bincount(bi, minlength=nb) + count
-                total = np.bincount(bi, weights=v[inside], minlength=nb) + total
-                total2 = np.bincount(bi, weights=v2[inside], minlength=nb) + total2
-            empty = count == 0
-            safe = np.where(empty, 1.0, count)
-            offset = np.where(empty, 0.0, total / safe)
-            var = total2 / safe - offset * offset
-            # C: sigma = sqrt(var) only when var >= 0, otherwise the (negative) variance stays as sigma.
-            sigma = np.where(empty, 0.0, np.where(var >= 0, np.sqrt(np.maximum(var, 0.0)), var))
-            upper = np.where(empty, _FLT_MAX, np.maximum(offset + s.min_snr * sigma, s.adc_threshold))
-            lower = np.where(empty, _FLT_MIN, offset - s.min_snr * sigma)
-        return _RadialStats(offset, sigma, upper, count)
+        return radial_stats(b, v, self.n_bins, self._n_mask_per_bin, self.settings)
 
     def _prepare(self, frame, nonzero=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Validate a frame; return its flat view and the flat index, bin and float64 value of masked non-zeros
@@ -338,7 +278,7 @@ class Peakfinder8:
         nz = nz[keep]
         return flat, nz, self._bins[nz], values[keep].astype(np.float64)
 
-    def _radial_stats(self, frame: np.ndarray) -> _RadialStats:
+    def _radial_stats(self, frame: np.ndarray) -> RadialStats:
         """Per radius bin: offset, sigma, threshold and pixel count after the iterations (for tests, plots)."""
         _, _, b, v = self._prepare(frame)
         return self._radial_stats_sparse(b, v)
