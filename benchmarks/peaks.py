@@ -11,7 +11,7 @@ benchmarks/results/peaks.json: a list of rows {finder, flux, min_photons, precis
 frames_per_s, ...}; the peakfinder8 rows use the photon-counting setting, the rows of indexamajig's default
 setting go to peaks_peakfinder8_crystfel.json.
 
-    python benchmarks/peaks.py [--frames-per-dataset 0] [--threads 1]
+    python benchmarks/peaks.py [--frames-per-dataset 0] [--threads 1] [--finders network,cascade,...]
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from cxlspeaks.peaks.matching import metrics_table
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CHECKPOINTS = {"network": "results/models/peaks/checkpoint.pt",
+               "cascade": "results/models/peaks_cascade/checkpoint.pt",
                "paper_heatmap": "results/models/paper_heatmap/checkpoint.pt"}
-REQUIRED = ("network", "peakfinder8", "paper_heatmap")
 
 
 def main() -> None:
@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--frames-per-dataset", type=int, default=0, help="test frames per dataset (0: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=HERE / "results" / "peaks.json")
+    parser.add_argument("--finders", default="network,peakfinder8,peakfinder8_crystfel,paper_heatmap",
+                        help="comma-separated finders (default: the four of peaks.json; cascade also exists)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -54,7 +56,7 @@ def main() -> None:
     datasets = sorted(set(split["dataset"]))
     frames = {d: results / "datasets" / d / "frames.h5" for d in datasets}
     manifests = {d: results / "datasets" / d / "manifest.csv" for d in datasets}
-    finders = ("network", "peakfinder8", "peakfinder8_crystfel", "paper_heatmap")
+    finders = tuple(args.finders.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         split_path = tmp / "split.csv"
@@ -80,9 +82,13 @@ def main() -> None:
         row["min_photons"] = int(row["min_photons"])
         row["device"] = device
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps([r for r in rows if r["finder"] in REQUIRED], indent=2) + "\n")
+    if "peakfinder8_crystfel" not in finders:  # one file of the finders asked for
+        args.output.write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {args.output}")
+        return
+    args.output.write_text(json.dumps([r for r in rows if r["finder"] != "peakfinder8_crystfel"], indent=2) + "\n")
     extra = args.output.with_name(args.output.stem + "_peakfinder8_crystfel.json")
-    extra.write_text(json.dumps([r for r in rows if r["finder"] not in REQUIRED], indent=2) + "\n")
+    extra.write_text(json.dumps([r for r in rows if r["finder"] == "peakfinder8_crystfel"], indent=2) + "\n")
     print(f"wrote {args.output} and {extra}")
 
 
