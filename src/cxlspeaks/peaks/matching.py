@@ -1,4 +1,4 @@
-"""Peak tables, true reflection lists, and the matching of predicted peaks to true reflections.
+"""Peak tables and the matching of predicted peaks to true reflections (read by :mod:`.truth`), with the metrics.
 
 Evaluation protocol (docs/DESIGN.md, "Evaluation protocol"): *a predicted peak matches a true reflection within
 2 px (one-to-one, nearest first); precision, recall, F1, RMS position error of matches; recall binned by expected
