@@ -147,19 +147,18 @@ class FramePredictor:
                                   "probabilities")
         return values
 
-    def predict(self, counts: np.ndarray, mask: np.ndarray, radius: np.ndarray | None = None,
-                geometry=None) -> pd.DataFrame:
-        """Scores of binned frames (N, H, W) float32 photons with the binned good-pixel fraction, (H, W) for all
-        frames or (N, H, W) per frame. Geometry-aware models (``radius`` input) need ``radius`` ((H, W) or
-        (N, H, W) metres, :func:`~cxlspeaks.features.binned_radius_m`) or the frames' ``geometry``."""
-        counts = np.ascontiguousarray(counts, dtype=np.float32)
-        self.check_shape(counts.shape[1:], "frames")
+    def channels(self, counts: np.ndarray, mask: np.ndarray, radius: np.ndarray | None = None,
+                 geometry=None) -> dict[str, torch.Tensor]:
+        """The models' input channels by name (``counts``, ``mask`` and, for geometry-aware models, ``radius``),
+        each (N, H, W) float32, from binned counts (N, H, W), the good-pixel fraction and the radius ((H, W) for
+        all frames or (N, H, W)); ``radius`` comes from ``geometry`` when not given. Raises RunArgumentError when a
+        model needs the radius and neither is given."""
         if radius is None and geometry is not None and self.needs_radius:
             radius = self.radius(geometry)
         if radius is None and self.needs_radius:
             raise RunArgumentError(f"the {self.needs_radius[0]} model reads each bin's distance from the beam; "
                                    "give predict the frames' geometry (or radius)")
-        x = torch.from_numpy(counts)
+        x = torch.from_numpy(np.ascontiguousarray(counts, dtype=np.float32))
 
         def channel(values):
             t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
@@ -168,6 +167,16 @@ class FramePredictor:
         channels = {"counts": x, "mask": channel(mask)}
         if radius is not None:
             channels["radius"] = channel(radius)
+        return channels
+
+    def predict(self, counts: np.ndarray, mask: np.ndarray, radius: np.ndarray | None = None,
+                geometry=None) -> pd.DataFrame:
+        """Scores of binned frames (N, H, W) float32 photons with the binned good-pixel fraction, (H, W) for all
+        frames or (N, H, W) per frame. Geometry-aware models (``radius`` input) need ``radius`` ((H, W) or
+        (N, H, W) metres, :func:`~cxlspeaks.features.binned_radius_m`) or the frames' ``geometry``."""
+        counts = np.ascontiguousarray(counts, dtype=np.float32)
+        self.check_shape(counts.shape[1:], "frames")
+        channels = self.channels(counts, mask, radius, geometry)
 
         def inputs(model):
             return torch.stack([channels[name] for name in model.inputs], dim=1)

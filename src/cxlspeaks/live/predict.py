@@ -74,26 +74,12 @@ class LivePredictor:
     def predict(self, counts: np.ndarray, mask: np.ndarray, geometry=None) -> list[dict]:
         import torch
 
-        from ..pipeline import RunArgumentError
-
         p = self.predictor
         counts = np.ascontiguousarray(counts, dtype=np.float32)
         if counts.shape[1:] not in self._checked:
             p.check_shape(counts.shape[1:], "frames")
             self._checked.add(counts.shape[1:])
-        radius = p.radius(geometry) if (p.needs_radius and geometry is not None) else None
-        if radius is None and p.needs_radius:
-            raise RunArgumentError(f"the {p.needs_radius[0]} model reads each bin's distance from the beam; "
-                                   "give predict the frames' geometry (or radius)")
-        x = torch.from_numpy(counts)
-
-        def channel(values):
-            t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-            return (t[None] if t.ndim == 2 else t).expand_as(x)
-
-        channels = {"counts": x, "mask": channel(mask)}
-        if radius is not None:
-            channels["radius"] = channel(radius)
+        channels = p.channels(counts, mask, geometry=geometry)
 
         def inputs(model, rows=None):
             stacked = torch.stack([channels[name] for name in model.inputs], dim=1)
