@@ -97,20 +97,13 @@ def calibrate(finder: CascadePeakFinder, frames, true_peaks, good, config: Casca
               indices: Sequence[int]) -> tuple[float, pd.DataFrame]:
     """The threshold with the best F1 (reflections >= calibrate_min_photons) on the frames ``indices``, and the
     scan of thresholds 0.02 ... 0.98."""
-    from .matching import match_frames, peak_metrics
+    from .matching import best_score_threshold
 
     masks = _masks(good, len(frames))
     found = [finder.find(frames[i], masks[i], threshold=0.02) for i in indices]
     truth = [true_peaks[i] for i in indices]
-    scan = []
-    for threshold in np.round(np.arange(0.02, 0.99, 0.02), 2):
-        kept = [p[p["score"] >= threshold] for p in found]
-        truth_table, prediction_table = match_frames(kept, truth, config.match_radius_px)
-        metrics = peak_metrics(truth_table, prediction_table, config.calibrate_min_photons)
-        scan.append({"threshold": float(threshold), **{k: metrics[k] for k in ("precision", "recall", "f1")}})
-    scan = pd.DataFrame(scan)
-    best = scan.loc[scan["f1"].fillna(-1).idxmax()]
-    return float(best["threshold"]), scan
+    return best_score_threshold(found, truth, np.round(np.arange(0.02, 0.99, 0.02), 2), config.match_radius_px,
+                                config.calibrate_min_photons)
 
 
 def train_cascade(frames: Sequence[np.ndarray], true_peaks: Sequence[pd.DataFrame], good,

@@ -265,6 +265,26 @@ def peak_metrics(truth_table: pd.DataFrame, prediction_table: pd.DataFrame, min_
     }
 
 
+def best_score_threshold(found: Sequence[pd.DataFrame], truth: Sequence[pd.DataFrame], thresholds: Sequence[float],
+                         radius_px: float, min_photons: float) -> tuple[float, pd.DataFrame]:
+    """The score threshold with the best F1 over frames: each frame's found peaks (a ``score`` column, found at or
+    below the lowest threshold) are cut at every threshold, matched to its true reflections within ``radius_px``
+    and scored for reflections of at least ``min_photons`` (:func:`peak_metrics`).
+
+    Returns:
+        the best threshold and the scan, a table of threshold, precision, recall, f1 (one row per threshold).
+    """
+    scan = []
+    for threshold in thresholds:
+        kept = [p[p["score"] >= threshold] for p in found]
+        truth_table, prediction_table = match_frames(kept, truth, radius_px)
+        metrics = peak_metrics(truth_table, prediction_table, min_photons)
+        scan.append({"threshold": float(threshold), **{k: metrics[k] for k in ("precision", "recall", "f1")}})
+    scan = pd.DataFrame(scan)
+    best = scan.loc[scan["f1"].fillna(-1).idxmax()]
+    return float(best["threshold"]), scan
+
+
 def _groups(tables: Sequence[pd.DataFrame | None], by: list[str]) -> list[tuple]:
     keys = []
     for table in tables:

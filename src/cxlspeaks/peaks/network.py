@@ -320,20 +320,13 @@ def load_crops(frames: dict[str, str | Path], rows: pd.DataFrame, config: PeakNe
 def calibrate_threshold(finder: NetworkPeakFinder, frames: dict[str, str | Path], rows: pd.DataFrame,
                         config: PeakNetConfig) -> tuple[float, pd.DataFrame]:
     """The score threshold that maximises F1 (reflections >= calibrate_min_photons) on the given frames."""
-    from .matching import match_frames, peak_metrics
+    from .matching import best_score_threshold
     from .truth import read_true_peaks_of_rows
 
     predicted = find_in_frames(finder, frames, rows, threshold=0.02)
     truth = read_true_peaks_of_rows(frames, rows)
-    scan = []
-    for threshold in np.round(np.arange(0.05, 0.96, 0.05), 2):
-        kept = [p[p["score"] >= threshold] for p in predicted]
-        truth_table, prediction_table = match_frames(kept, truth, config.match_radius_px)
-        metrics = peak_metrics(truth_table, prediction_table, config.calibrate_min_photons)
-        scan.append({"threshold": float(threshold), **{k: metrics[k] for k in ("precision", "recall", "f1")}})
-    scan = pd.DataFrame(scan)
-    best = scan.loc[scan["f1"].fillna(-1).idxmax()]
-    return float(best["threshold"]), scan
+    return best_score_threshold(predicted, truth, np.round(np.arange(0.05, 0.96, 0.05), 2), config.match_radius_px,
+                                config.calibrate_min_photons)
 
 
 def fit_peaknet(crops: CropSet, config: PeakNetConfig, device: torch.device | None = None,
