@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import poisson
 
 from cxlspeaks.peaks.bound import (bound_probability, detection_bound, detection_probability, k_alpha,
-                                   reflection_sums)
+                                   realized_detections, reflection_sums)
 from cxlspeaks.io import BACKGROUND, SIGNAL, WATER_SCALE
 
 SHAPE = (64, 80)
@@ -100,3 +100,28 @@ def test_bound_table_from_a_frames_file_uses_the_water_scale(tmp_path):
     single = detection_bound(one, {"d": path}, good, rates, footprint=0.5)
     assert (table["bound_recall"] <= single["bound_recall"] + 1e-12).all()
     assert (table["bound_recall"] < single["bound_recall"] - 1e-6).any()
+
+
+@pytest.mark.parametrize("photons,water", [(3.0, 0.005), (6.0, 0.05), (15.0, 0.5)])
+def test_realized_detections_happen_as_often_as_the_bound_says(photons, water):
+    """Over Poisson frames of one spot, the fraction the realised test detects is the bound's P_detect (within
+    4 binomial standard errors), and a frame without the spot is detected at most at the test's level."""
+    signal = gaussian_spot(photons, 40.3, 30.7)
+    background = np.full(SHAPE, water)
+    good = np.ones(SHAPE, bool)
+    rate, n_frames = 0.5, 1500
+    position = np.array([[40.3, 30.7]])
+    p_bound = bound_probability(reflection_sums(signal, background, good, position), int(good.sum()), rate)[0]
+    rng = np.random.default_rng(7)
+    hits = empty = 0
+    for _ in range(n_frames):
+        counts = rng.poisson(signal + background)
+        sums = reflection_sums(signal, background, good, position, counts=counts)
+        hits += int(realized_detections(sums, int(good.sum()), rate)[0])
+        sums0 = reflection_sums(signal, background, good, position, counts=rng.poisson(background))
+        empty += int(realized_detections(sums0, int(good.sum()), rate)[0])
+    se = np.sqrt(p_bound * (1 - p_bound) / n_frames)
+    assert abs(hits / n_frames - p_bound) <= 4 * se + 1e-9
+    assert 0.02 < p_bound < 0.999 or photons == 15.0        # the cases are not all trivially 0 or 1
+    alpha_max = rate * 25 / good.sum()                     # the level of the largest footprint (25 pixels)
+    assert empty / n_frames <= alpha_max + 4 / n_frames

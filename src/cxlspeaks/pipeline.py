@@ -34,8 +34,8 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, trained_on
 from .features import binned_frames, binned_radius_m, mask_fraction
 from .io import DataFileError, atomic_path
-from .run_checks import (CXI_SIBLINGS, RunArgumentError, check_counts, check_run_paths, check_source,  # noqa: F401
-                         check_writable, cell_text, integer_source, list_files, run_outputs)
+from .run_checks import (RunArgumentError, check_counts, check_run_paths, check_source, cell_text, integer_source,
+                         list_files, run_outputs)
 from .run_cxi import FrameSpool, linkable, write_peak_files  # noqa: F401
 from .run_peaks import PEAK_FINDERS, RunPeakFinder, peaks_on_good_pixels
 

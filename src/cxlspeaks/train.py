@@ -22,8 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .checkpoint import (CHECKPOINT_KEYS, CheckpointError, checkpoint_bytes, load_checkpoint,  # noqa: F401
-                         model_from_checkpoint, save_checkpoint)
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .dataset import read_manifest, read_split
 from .features import FEATURES
 from .io import DataFileError, atomic_path, open_h5

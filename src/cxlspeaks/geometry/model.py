@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import wavelength_m
-from .parts import BadRegion, GeometryError, MaskSpec, Panel, ValueRef
+from .parts import BadRegion, GeometryError, Panel, ValueRef
 from .writer import geometry_text
 
 

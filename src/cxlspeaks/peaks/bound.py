@@ -41,7 +41,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 from scipy.stats import poisson
 
-from ..io import BACKGROUND, SIGNAL, WATER_SCALE, open_h5
+from ..io import BACKGROUND, DATA, SIGNAL, WATER_SCALE, open_h5
 
 PHOTON_EDGES = (1.0, 3.0, 10.0, 30.0, np.inf)
 
@@ -66,13 +66,16 @@ def detection_probability(signal, background, alpha) -> np.ndarray:
 
 
 def reflection_sums(signal: np.ndarray, background: np.ndarray, good: np.ndarray, positions: np.ndarray,
-                    window_px: int = 4, max_pixels: int = 25) -> dict[str, np.ndarray]:
+                    window_px: int = 4, max_pixels: int = 25, counts: np.ndarray | None = None
+                    ) -> dict[str, np.ndarray]:
     """Per reflection: cumulative s and b over the top-k pixels ranked by s_i/b_i (``s_ratio``, ``b_ratio``) and
     by s_i (``s_signal``, ``b_signal``), (R, max_pixels) each, and the window's total expected photons
-    ``s_window`` (R,)."""
+    ``s_window`` (R,). With the frame's recorded ``counts`` (ss, fs), also ``n_ratio`` and ``n_signal``: the
+    recorded counts summed over the same top-k pixels."""
     positions = np.asarray(positions, np.float64).reshape(-1, 2)
     n = len(positions)
-    out = {name: np.zeros((n, max_pixels)) for name in ("s_ratio", "b_ratio", "s_signal", "b_signal")}
+    names = ("s_ratio", "b_ratio", "s_signal", "b_signal") + (("n_ratio", "n_signal") if counts is not None else ())
+    out = {name: np.zeros((n, max_pixels)) for name in names}
     out["s_window"] = np.zeros(n)
     if n == 0:
         return out
@@ -100,11 +103,12 @@ def reflection_sums(signal: np.ndarray, background: np.ndarray, good: np.ndarray
         out["s_window"][r] = s.sum()
         for key, rank in (("ratio", s / np.maximum(b, 1e-12)), ("signal", s)):
             order = np.argsort(-rank, kind="stable")[:max_pixels]
-            cs, cb = np.cumsum(s[order]), np.cumsum(b[order])
-            m = cs.size
-            out[f"s_{key}"][r, :m], out[f"b_{key}"][r, :m] = cs, cb
-            if m < max_pixels:
-                out[f"s_{key}"][r, m:], out[f"b_{key}"][r, m:] = cs[-1] if m else 0, cb[-1] if m else 0
+            cumulative = {"s": np.cumsum(s[order]), "b": np.cumsum(b[order])}
+            if counts is not None:
+                cumulative["n"] = np.cumsum(counts[ss, fs].astype(np.float64)[order])
+            for prefix, c in cumulative.items():
+                out[f"{prefix}_{key}"][r, :c.size] = c
+                out[f"{prefix}_{key}"][r, c.size:] = c[-1] if c.size else 0
     return out
 
 
@@ -131,14 +135,38 @@ def bound_probability(sums: dict[str, np.ndarray], n_good: int, false_per_frame:
 
 
 def frame_reflection_sums(frames_path, frame: int, truth: pd.DataFrame, good: np.ndarray, window_px: int = 4,
-                          max_pixels: int = 25) -> dict[str, np.ndarray]:
-    """:func:`reflection_sums` of one frame of a frames file (its signal, background x water_scale, good mask)."""
+                          max_pixels: int = 25, with_counts: bool = False) -> dict[str, np.ndarray]:
+    """:func:`reflection_sums` of one frame of a frames file (its signal, background x water_scale, good mask;
+    ``with_counts``: and its recorded counts, ``/entry/data/data``)."""
     with open_h5(frames_path) as h5:
         signal = np.asarray(h5[SIGNAL][int(frame)], np.float32)
         background = np.asarray(h5[BACKGROUND][()], np.float32)
         scale = float(h5[WATER_SCALE][int(frame)]) if WATER_SCALE in h5 else 1.0
+        counts = np.asarray(h5[DATA][int(frame)]) if with_counts else None
     positions = np.column_stack([truth["fs"].to_numpy(np.float64), truth["ss"].to_numpy(np.float64)])
-    return reflection_sums(signal, background * scale, good, positions, window_px, max_pixels)
+    return reflection_sums(signal, background * scale, good, positions, window_px, max_pixels, counts)
+
+
+def realized_detections(sums: dict[str, np.ndarray], n_good: int, false_per_frame: float) -> np.ndarray:
+    """Which reflections the bound's test detects on the frame actually recorded (bool, (R,)).
+
+    Per reflection, the footprint size k* of ``footprint="best"`` is chosen from the expected photons alone (the
+    k with the largest P_detect at alpha_k = r k / n_good, capped at 0.5), so the choice does not look at the
+    counts; the reflection is detected when the recorded counts of those k* pixels reach k_alpha(b_k*). Over
+    Poisson realisations the detected fraction is :func:`bound_probability`'s P_detect (a test checks it), so
+    the detected set is what a finder that knows every position and profile would report on this frame, without
+    its false peaks. Needs ``sums`` from :func:`reflection_sums` with ``counts``; raises KeyError without them.
+    """
+    max_pixels = sums["s_ratio"].shape[1]
+    if sums["s_ratio"].shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    k = np.arange(1, max_pixels + 1)
+    alpha = np.minimum(false_per_frame * k / max(n_good, 1), 0.5)
+    p = detection_probability(sums["s_ratio"], sums["b_ratio"], alpha[None, :])
+    best = p.argmax(axis=1)
+    rows = np.arange(len(best))
+    threshold = k_alpha(sums["b_ratio"][rows, best], alpha[best])
+    return (sums["n_ratio"][rows, best] >= threshold) & (sums["s_ratio"][rows, best] > 0)
 
 
 def false_rate_used(false_per_empty_frame: float, n_empty: int) -> float:
