@@ -221,7 +221,10 @@ class BatchedPeakPipeline:
             scores = self.scores(counts, mask, geometry)
             if self.hits_only:
                 rows = torch.from_numpy(np.flatnonzero(scores["is_hit"].to_numpy())).to(self.device)
-        tables = self.find_tensor(counts[rows], mask[rows], usable[rows]) if len(rows) else []
+        if len(rows) == n:
+            tables = self.find_tensor(counts, mask, usable)
+        else:
+            tables = self.find_tensor(counts[rows], _take(mask, rows), _take(usable, rows)) if len(rows) else []
         peaks: list[pd.DataFrame | None] = [None] * n
         for k, table in zip(rows.tolist(), tables):
             peaks[k] = table
@@ -247,9 +250,10 @@ class BatchedPeakPipeline:
         pad = (0, -counts.shape[2] % cell, 0, -counts.shape[1] % cell)
         x = F.pad(counts, pad)[:, None].contiguous(memory_format=torch.channels_last)
         m = F.pad(mask.float(), pad)[:, None].contiguous(memory_format=torch.channels_last)
+        step = len(x) if self.cuda else 1    # CPU: one frame per call keeps the activations in cache
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype,
                                                     enabled=self.dtype != torch.float32):
-            logits = self.model(x, m)
+            logits = torch.cat([self.model(x[s:s + step], m[s:s + step]) for s in range(0, len(x), step)])
         with torch.inference_mode():
             return (torch.sigmoid(logits.float()) * valid_cells(m, cell))[:, 0].contiguous()
 
@@ -262,9 +266,8 @@ class BatchedPeakPipeline:
         with torch.inference_mode():
             frame, ci, cj, score = cell_peaks(p, threshold, self.finder.config.max_peaks)
             centre = (cell - 1) / 2
-            values = torch.where(usable, counts, torch.zeros((), device=counts.device)).to(self.refine_dtype)
-            fs, ss, photons, snr = refine_centroids(values, usable, frame, ci.to(self.refine_dtype) * cell + centre,
-                                                    cj.to(self.refine_dtype) * cell + centre)
+            fs, ss, photons, snr = refine_centroids(counts, usable, frame, ci.to(self.refine_dtype) * cell + centre,
+                                                    cj.to(self.refine_dtype) * cell + centre, self.refine_dtype)
             keep = merge_close_peaks(frame, fs.double(), ss.double(), score, counts.shape[0])
             table = torch.stack([fs.double(), ss.double(), photons.double(), snr.double(), score.double()], 1)
             table, frame = table[keep].cpu().numpy(), frame[keep].cpu().numpy()
@@ -341,6 +344,11 @@ def _numpy_view(host: torch.Tensor, dtype: np.dtype) -> np.ndarray:
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array.view(np.dtype(str(_torch_storage_dtype(array.dtype)).replace("torch.", ""))))
+
+
+def _take(mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """mask[rows] of a (B, ss, fs) mask, still a view when the mask is one (ss, fs) mask expanded."""
+    return mask[:1].expand(len(rows), *mask.shape[1:]) if mask.stride(0) == 0 else mask[rows]
 
 
 def _bin_sum(images: torch.Tensor, factor: int) -> torch.Tensor:

@@ -76,48 +76,52 @@ def _window_offsets(device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def refine_centroids(counts: torch.Tensor, usable: torch.Tensor, frame: torch.Tensor, start_ss: torch.Tensor,
-                     start_fs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                     start_fs: torch.Tensor, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
     """Sub-pixel centroids, photons and SNR of the spots near the start positions, all peaks of a batch at once.
 
     Args:
-        counts: (B, ss, fs) float photons, already zero on pixels not usable; the dtype of the arithmetic
-            (float64 reproduces :func:`~cxlspeaks.peaks.network.refine_peaks` to rounding).
-        usable: (B, ss, fs) bool, the pixels centroids, photons and backgrounds may use.
+        counts: (B, ss, fs) photons (any float dtype; pixels not usable are never read, NaN there is harmless).
+        usable: (B, ss, fs) bool (an expanded (ss, fs) mask is read once), the pixels centroids, photons and
+            backgrounds may use; pixels outside the frame are not usable.
         frame: (N,) int64 frame of each peak; start_ss, start_fs: (N,) start positions, px (raw convention).
+        dtype: the arithmetic (float64 reproduces :func:`~cxlspeaks.peaks.network.refine_peaks` to rounding;
+            the windows are gathered from ``counts`` first, so float32 counts of integers lose nothing).
     Returns:
-        (fs, ss, photons, snr), each (N,) in the dtype of ``counts``: centroid px, background-subtracted photons
-        within 4 px, signal-to-noise ratio (see the module docstring for the formulas).
+        (fs, ss, photons, snr), each (N,) ``dtype``: centroid px, background-subtracted photons within 4 px,
+        signal-to-noise ratio (see the module docstring for the formulas).
     """
-    dtype, device = counts.dtype, counts.device
     n = len(frame)
     if n == 0:
-        empty = torch.zeros(0, dtype=dtype, device=device)
+        empty = torch.zeros(0, dtype=dtype, device=counts.device)
         return empty, empty, empty, empty
-    h = WINDOW_HALF_PX
-    padded = F.pad(counts, (h, h, h, h)).reshape(-1)
-    ok_padded = F.pad(usable, (h, h, h, h)).reshape(-1)
-    parts = [_refine(padded, ok_padded, counts.shape, frame[s:s + REFINE_CHUNK], start_ss[s:s + REFINE_CHUNK],
-                     start_fs[s:s + REFINE_CHUNK], dtype, device) for s in range(0, n, REFINE_CHUNK)]
+    shared = usable.dim() == 3 and usable.stride(0) == 0
+    ok_flat = (usable[0] if shared else usable).reshape(-1)
+    counts_flat = counts.reshape(-1)
+    parts = [_refine(counts_flat, ok_flat, shared, counts.shape, frame[s:s + REFINE_CHUNK],
+                     start_ss[s:s + REFINE_CHUNK], start_fs[s:s + REFINE_CHUNK], dtype)
+             for s in range(0, n, REFINE_CHUNK)]
     return tuple(torch.cat(values) for values in zip(*parts))
 
 
-def _refine(padded, ok_padded, shape, frame, start_ss, start_fs, dtype, device):
+def _refine(counts_flat, ok_flat, shared, shape, frame, start_ss, start_fs, dtype):
     _, n_ss, n_fs = shape
-    h = WINDOW_HALF_PX
-    row = n_fs + 2 * h
-    plane = (n_ss + 2 * h) * row
+    device = counts_flat.device
     dy, dx, ring_of_window = _window_offsets(device, dtype)
     c_ss, c_fs = start_ss.to(dtype).clone(), start_fs.to(dtype).clone()
     two_sigma2 = 2 * CENTROID_SIGMA_PX ** 2
+    zero = torch.zeros((), dtype=dtype, device=device)
     for _ in range(2):
         i0 = torch.round(c_ss).clamp(0, n_ss - 1).long()   # round half to even, as np.rint
         j0 = torch.round(c_fs).clamp(0, n_fs - 1).long()
         yy_i, xx_i = i0[:, None] + dy, j0[:, None] + dx     # (n, K) pixel indices of each window
-        flat = frame[:, None] * plane + (yy_i + h) * row + (xx_i + h)
-        win, ok = padded[flat], ok_padded[flat]
+        inside = (yy_i >= 0) & (yy_i < n_ss) & (xx_i >= 0) & (xx_i < n_fs)
+        pixel = yy_i.clamp(0, n_ss - 1) * n_fs + xx_i.clamp(0, n_fs - 1)
+        flat = frame[:, None] * (n_ss * n_fs) + pixel
+        ok = ok_flat[pixel if shared else flat] & inside
+        win = torch.where(ok, counts_flat[flat].to(dtype), zero)
         ring = ok & ring_of_window
         background = (win * ring).sum(1) / ring.sum(1).clamp_min(1)
-        above = torch.where(ok, win - background[:, None], torch.zeros((), dtype=dtype, device=device))
+        above = torch.where(ok, win - background[:, None], zero)
         weight_base = above.clamp_min(0)
         yy, xx = yy_i.to(dtype), xx_i.to(dtype)
         for _ in range(CENTROID_ITERATIONS):
@@ -180,7 +184,8 @@ def _greedy_nms(frame, rank, fs, ss, n_frames, width, radius_px):
     y = torch.zeros_like(x)
     x[frame, rank], y[frame, rank] = fs, ss
     d2 = (x[:, :, None] - x[:, None, :]) ** 2 + (y[:, :, None] - y[:, None, :]) ** 2
-    better = torch.ones(width, width, dtype=torch.bool, device=device).triu(1)     # [i, j]: rank i < rank j
+    r = torch.arange(width, device=device)
+    better = r[:, None] < r[None, :]                  # [i, j]: rank i before rank j
     dominates = (d2 <= radius_px * radius_px) & better & valid[:, :, None] & valid[:, None, :]
     kept = torch.zeros_like(valid)
     undecided = valid.clone()
