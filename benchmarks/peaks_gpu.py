@@ -12,7 +12,7 @@ frames are held in memory as DECTRIS bitshuffle-LZ4 chunks made as ``cxlspeaks l
 
 Rows: finder (``network_batched`` = the device path; ``network``, ``peakfinder8``, ``cascade``, ``paper_heatmap``
 = the finders' ``find`` on the CPU, one frame at a time), device, dtype, batch_size, decode_included,
-frames_per_s (frames / wall seconds, after one warm-up batch), n_frames; for network_batched also the equality
+frames_per_s (frames / wall seconds of the fastest of 3 passes, after a warm-up), n_frames; for network_batched the equality
 with the CPU ``find`` on the same frames: count_mismatch (sum over frames of |n_batched - n_cpu|),
 max_position_diff_px (largest distance from a CPU peak to the nearest batched peak, over CPU peaks with one within
 1 px) and max_photons_rel_diff.

@@ -148,12 +148,13 @@ def test_bslz4_chunks_decode_to_the_raw_frames_and_give_the_same_peaks(trained, 
             pipeline.decode(Chunks(chunks.payloads[:1], dtype, (SHAPE[0] - 1, SHAPE[1])))
 
 
-def test_bfloat16_autocast_on_the_cpu_finds_the_same_bright_spots(trained):
-    """bf16 (8-bit mantissa) moves the probabilities by ~1%; positions come from the photons in float64, so every
-    spot found in float32 with a score far from the threshold is found at the same position."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_autocast_on_the_cpu_finds_the_same_bright_spots(trained, dtype):
+    """bf16 (8-bit mantissa) and fp16 move the probabilities by < 1%; positions come from the photons in float64,
+    so every spot found in float32 with a score far from the threshold is found at the same position."""
     frames, _ = _spot_frames(41, [5, 3])
     good = np.ones(SHAPE, bool)
-    with BatchedPeakPipeline(trained) as full, BatchedPeakPipeline(trained, dtype="bfloat16") as half:
+    with BatchedPeakPipeline(trained) as full, BatchedPeakPipeline(trained, dtype=dtype) as half:
         for want, got in zip(full.find(frames, good), half.find(frames, good)):
             bright = want[(want["score"] - 0.5).abs() > 0.1]
             distance = np.hypot(got["fs"].to_numpy()[:, None] - bright["fs"].to_numpy(),

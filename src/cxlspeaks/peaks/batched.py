@@ -16,10 +16,11 @@
   integer counts below 2^24, as :func:`~cxlspeaks.features.binned_frames`) and named by
   :meth:`FramePredictor.channels <cxlspeaks.pipeline.FramePredictor.channels>`.
 
-Numbers: on the CPU in float32 the peaks are those of ``find`` (positions to ~1e-9 px, photons to ~1e-12
-relative: the refinement runs in float64 there); on CUDA the refinement runs in float32 (~1e-5 px) and
-float16/bfloat16 change the probabilities by ~1e-3, which can move a peak across the threshold (measured by
-``benchmarks/peaks_gpu.py``).
+Numbers: on the CPU in float32 the peaks are those of ``find`` (measured on synthetic Eiger 4M frames: positions
+within 2e-12 px, photons within 1e-15 relative; the refinement runs in float64 there); on CUDA the refinement runs
+in float32 (~1e-5 px). Autocast changes the probabilities by up to 7e-4 (float16) and 3.4e-3 (bfloat16) (CPU
+autocast, trained network, a 512 x 512 px synthetic crop), which moves only a peak whose score lies that close to
+the threshold; ``benchmarks/peaks_gpu.py`` measures the count mismatch on the GPU.
 """
 
 from __future__ import annotations
@@ -175,6 +176,13 @@ class BatchedPeakPipeline:
             event.record(self._copy_stream)
         return on_device, event
 
+    def _wait(self, raw: torch.Tensor, event) -> None:
+        """Make the compute stream wait for the side stream's copy of ``raw`` (CUDA; nothing elsewhere)."""
+        if event is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(event)
+            raw.record_stream(stream)
+
     def _host_buffer(self, shape, dtype: np.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=_torch_storage_dtype(np.dtype(dtype)), pin_memory=self.cuda)
 
@@ -209,9 +217,7 @@ class BatchedPeakPipeline:
         return self._process(raw, np.dtype(batch.dtype), event, good, geometry, centroid_good)
 
     def _process(self, raw, dtype, event, good, geometry, centroid_good) -> BatchResult:
-        if event is not None:
-            torch.cuda.current_stream(self.device).wait_event(event)
-            raw.record_stream(torch.cuda.current_stream(self.device))
+        self._wait(raw, event)
         counts = self._counts(raw, dtype)
         n, shape = counts.shape[0], tuple(counts.shape[1:])
         mask = self._mask(good, n, shape, "good-pixel mask")
@@ -234,10 +240,10 @@ class BatchedPeakPipeline:
              threshold: float | None = None) -> list[pd.DataFrame]:
         """``NetworkPeakFinder.find`` of every frame of (B, ss, fs) ``counts`` (any dtype), ``good`` and
         ``centroid_good`` bool (ss, fs) or (B, ss, fs): one table of :data:`PEAK_COLUMNS` per frame."""
-        raw, event = self.stage(np.asarray(counts))
-        if event is not None:
-            torch.cuda.current_stream(self.device).wait_event(event)
-        x = self._counts(raw, np.asarray(counts).dtype)
+        counts = np.asarray(counts)
+        raw, event = self.stage(counts)
+        self._wait(raw, event)
+        x = self._counts(raw, counts.dtype)
         n, shape = x.shape[0], tuple(x.shape[1:])
         mask = self._mask(good, n, shape, "good-pixel mask")
         usable = mask if centroid_good is None else self._mask(centroid_good, n, shape, "centroid_good mask")
