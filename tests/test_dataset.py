@@ -14,6 +14,7 @@ from cxlspeaks.crystal import StructureError, download_pdb, load_crystal, read_c
 from cxlspeaks.dataset import stratified_split
 from cxlspeaks.io import DataFileError, FrameStackWriter, read_dataset
 from cxlspeaks.settings import DatasetSettings, dataset_settings
+from cxlspeaks.simulate.nuisances import Nuisances
 
 from conftest import REPO
 
@@ -25,8 +26,13 @@ def test_schema_defaults_are_the_settings_defaults():
                        schema["properties"]["defaults"]["allOf"][1]["properties"].items()}
     fields = {f.name: f.default for f in dataclasses.fields(DatasetSettings)
               if f.name not in ("name", "photon_energy_ev", "clen_m")}
-    assert schema_defaults == fields
+    # the nuisances mapping defaults to {} in the schema, i.e. Nuisances() with every nuisance off
+    assert Nuisances.from_mapping(schema_defaults["nuisances"]) == fields["nuisances"] == Nuisances()
+    assert {k: v for k, v in schema_defaults.items() if k != "nuisances"} == {k: v for k, v in fields.items()
+                                                                              if k != "nuisances"}
     assert set(schema["$defs"]["settings"]["properties"]) == set(fields) | {"photon_energy_ev", "clen_m"}
+    nuisance_keys = schema["$defs"]["settings"]["properties"]["nuisances"]["properties"]
+    assert set(nuisance_keys) == {f.name for f in dataclasses.fields(Nuisances)}
 
 
 def test_dataset_settings_overlay_defaults():

@@ -17,6 +17,7 @@ Every check raises :class:`ConfigError`, whose text is ``KEY: what is wrong``; t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -160,6 +161,16 @@ def check_datasets(config: dict, settings: Mapping[str, Any], repo_root: str | P
         if crop > min(shape):
             raise ConfigError(f"peaks.network.crop_px: {crop} is larger than dataset {name}'s detector "
                               f"({shape[0]} x {shape[1]} pixels)")
+        if entry.spectrum_file is not None:
+            if not (Path(repo_root) / entry.spectrum_file).is_file():
+                raise ConfigError(f"datasets.{name}.spectrum_file: {entry.spectrum_file} does not exist")
+            try:
+                dataclasses.replace(entry, spectrum_file=str(Path(repo_root) / entry.spectrum_file)).beam
+            except ValueError as exc:
+                raise ConfigError(f"datasets.{name}.spectrum_file: {str(exc).splitlines()[0]}") from None
+        if entry.bragg_backend == "pattern_sim" and entry.nuisances.changes_bragg:
+            raise ConfigError(f"datasets.{name}.nuisances: pulse, crystal size, beam profile, extra crystals and "
+                              "beam centre need bragg_backend: builtin")
         needed = geometry.d_min_A(entry.photon_energy_ev, entry.bandwidth)
         d_min = config["structure"]["d_min_A"]
         if d_min > needed and entry.bragg_backend != "pattern_sim":
@@ -320,6 +331,8 @@ def check_config(config: dict, schema_path: str | Path, configfiles: Iterable[st
         settings = {name: dataset_settings(config, name) for name in config["datasets"]}
     except KeyError as exc:
         raise ConfigError(str(exc.args[0]) if exc.args else str(exc)) from None
+    except ValueError as exc:            # a setting the schema cannot judge alone (e.g. nuisances that conflict)
+        raise ConfigError(str(exc).splitlines()[0]) from None
     check_datasets(config, settings, repo_root)
     check_attributes(config)
     check_splits(config, settings)

@@ -9,6 +9,14 @@ that list is not empty.
 Recorded counts saturate at the dataset's ``saturation`` (config ``saturation_photons``, default the detector's
 count cut-off): such pixels hold exactly that value, and each frame's number of them is stored in
 ``/entry/data/n_saturated`` (uint32 (N,), attribute ``saturation_photons``) and the manifest column ``n_saturated``.
+
+**Nuisances** (config ``nuisances:``, :mod:`cxlspeaks.simulate.nuisances`; all off by default, and then nothing
+below is written and the frames keep their bytes). Each frame's values go to ``/entry/data/nuisances/<name>``
+(one value per frame) and to manifest columns of the same names, plus ``n_ice_spots``; ``/entry/data/water_scale``
+is pulse x thickness. Labels stay honest: signal, label, the peak list and ``has_peaks`` hold Bragg reflections of
+the crystals only; ice adds counts, and its spots (spotty ice) are listed apart in ``/entry/ice_spots``, so an
+ice-only frame is a non-hit. Bad pixels go to ``/entry/instrument/detector/pixel_mask`` and the dataset's geometry
+names that mask (``mask0_data``), as a real detector's bad-pixel map.
 """
 
 from __future__ import annotations
@@ -21,11 +29,15 @@ import numpy as np
 import pandas as pd
 
 from .crystal import Crystal
-from .io import (BACKGROUND, CLEN, HAS_PEAKS, PHOTON_ENERGY, RESULT, DataFileError, FrameStackWriter, atomic_path,
-                 atomic_write_text, bitshuffle_lz4, open_h5, read_dataset)
+from .geometry.parts import MaskSpec
+from .io import (BACKGROUND, CLEN, HAS_PEAKS, ICE_SPOT_FIELDS, ICE_SPOTS, NUISANCES, PHOTON_ENERGY, PIXEL_MASK,
+                 RESULT, DataFileError, FrameStackWriter, atomic_path, atomic_write_text, bitshuffle_lz4, open_h5,
+                 read_columns, read_dataset, write_columns)
 from .seeding import frame_rng
 from .settings import DatasetSettings
-from .simulate.engine import FrameSimulator, PhotonRecorder, expected_water
+from .simulate.detector_response import BAD_BITS
+from .simulate.engine import FrameSimulator, NuisanceRecorder, PhotonRecorder, RecordedFrame, expected_water
+from .simulate.nuisances import RECORDED, recorded_values
 
 MANIFEST_COLUMNS = ("frame", "has_peaks", "n_peaks", "photon_energy_ev", "clen_m", "flux", "kind", "n_saturated")
 #: Per frame: the pixels recorded at the saturation value.
@@ -58,8 +70,9 @@ def _frame_simulator(settings: DatasetSettings, crystal: Crystal, seed: int, wat
     background = read_dataset(water_path, BACKGROUND, ndim=2)
     return FrameSimulator(settings.geometry(), crystal, settings.beam, settings.sample, settings.water, seed=seed,
                           dataset=settings.name, spot_sigma_px=settings.spot_sigma_px,
-                          bragg_backend=settings.bragg_backend, background=background,
-                          saturation_photons=settings.saturation)
+                          bragg_backend=settings.bragg_backend, water_backend=settings.water_backend,
+                          background=background, saturation_photons=settings.saturation,
+                          nuisances=settings.nuisances)
 
 
 def _write_n_saturated(h5: h5py.File, values: Sequence[int], saturation: int) -> None:
@@ -80,24 +93,75 @@ def simulate_shard(settings: DatasetSettings, crystal: Crystal, shard: int, seed
 
         iterator = tqdm(frames, desc=f"dataset {settings.name} shard {shard}", unit="frame")
     saturated = np.zeros(len(frames), dtype=np.uint32)
+    nuisances = _NuisanceTable(len(frames)) if settings.nuisances.enabled else None
     with FrameStackWriter(output, len(frames), geometry.shape, settings.max_peaks) as out:
         for j, i in enumerate(iterator):
-            q, astar = sim.orientation(i)
-            frame = sim.signal(i)
-            counts = sim.record(i, frame.image)
+            if nuisances is not None:
+                recorded = sim.frame(i)
+                nuisances.add(j, recorded)
+                q, image, peaks, axes, counts = (recorded.quaternion, recorded.signal, recorded.peaks,
+                                                 recorded.astar_bstar_cstar, recorded.counts)
+                water_scale = recorded.water_scale
+            else:
+                q, _ = sim.orientation(i)
+                frame = sim.signal(i)
+                image, peaks, axes = frame.image, frame.peaks, frame.astar_bstar_cstar
+                counts = sim.record(i, frame.image)
+                water_scale = sim.thickness_factor(i)
             saturated[j] = sim.n_saturated(counts)
-            label = (frame.image >= settings.label_threshold_photons).astype(np.uint8)
-            out.write_frame(j, counts, frame.image, label, peak_arrays(frame.peaks, settings.peak_list_min_photons),
-                            frame.astar_bstar_cstar, q, water_scale=sim.thickness_factor(i))
+            label = (image >= settings.label_threshold_photons).astype(np.uint8)
+            out.write_frame(j, counts, image, label, peak_arrays(peaks, settings.peak_list_min_photons), axes, q,
+                            water_scale=water_scale)
         _write_n_saturated(out.h5, saturated, settings.saturation)
+        if nuisances is not None:
+            nuisances.write(out.h5)
         out.set_metadata(settings.photon_energy_ev, settings.clen_m, geometry.to_geom_text(),
                          attrs={"dataset": settings.name, "first_frame": frames.start, "shard": shard,
                                 "fingerprint": settings.fingerprint()})
 
 
+class _NuisanceTable:
+    """Per-frame nuisance values and ice spots of a frames file (see the module docstring)."""
+
+    def __init__(self, n_frames: int):
+        self.columns = {name: np.zeros(n_frames, dtype=dtype) for name, (dtype, _) in RECORDED.items()}
+        self.spots: list[pd.DataFrame] = []
+
+    def add(self, i: int, frame: RecordedFrame) -> None:
+        for name, value in recorded_values(frame.nuisances, frame.water_scale, frame.ice_photons).items():
+            self.columns[name][i] = value
+        if len(frame.ice_spots):
+            self.spots.append(frame.ice_spots.assign(frame=i))
+
+    def add_file(self, src: h5py.File, path, first: int, n_frames: int) -> None:
+        """Take the values and spots of a shard's ``n_frames`` frames, placed from frame ``first`` on."""
+        columns = read_columns(src, NUISANCES)
+        missing = [name for name in self.columns if name not in columns]
+        if missing:
+            raise ValidationError(f"{path}: shard lacks the nuisance values {NUISANCES}/{missing[0]}")
+        for name, values in self.columns.items():
+            values[first:first + n_frames] = columns[name]
+        spots = read_columns(src, ICE_SPOTS)
+        if spots and len(spots["frame"]):
+            self.spots.append(pd.DataFrame(spots).assign(frame=spots["frame"] + first))
+
+    def write(self, h5: h5py.File) -> None:
+        write_columns(h5, NUISANCES, self.columns, {name: text for name, (_, text) in RECORDED.items()})
+        table = pd.concat(self.spots, ignore_index=True) if self.spots else pd.DataFrame()
+        write_columns(h5, ICE_SPOTS, {name: (table[name].to_numpy() if len(table) else np.zeros(0)).astype(dtype)
+                                      for name, dtype in ICE_SPOT_FIELDS.items()},
+                      {"frame": "frame index", "fs": "raw fs (pixel centre at the integer)", "ss": "raw ss",
+                       "photons": "expected photons of the spot", "d_A": "d spacing of its ice ring (A)"})
+
+
 def detector_geometry(settings: DatasetSettings):
-    """The dataset's CrystFEL geometry, reading frames from /entry/data/data with dim0 = % (the frame index)."""
-    return settings.geometry().replace_panels(data="/entry/data/data", dims=("%", "ss", "fs"))
+    """The dataset's CrystFEL geometry, reading frames from /entry/data/data with dim0 = % (the frame index);
+    with bad pixels (``nuisances``) every panel names the pixel mask (``mask0_data`` = /entry/instrument/detector/
+    pixel_mask, ``mask0_badbits`` = the dead, hot, noisy and gap bits)."""
+    geometry = settings.geometry().replace_panels(data="/entry/data/data", dims=("%", "ss", "fs"))
+    if settings.nuisances.bad_pixels:
+        geometry = geometry.replace_panels(masks=(MaskSpec(index=0, data=PIXEL_MASK, badbits=BAD_BITS),))
+    return geometry
 
 
 def write_detector_geometry(settings: DatasetSettings, output: str | Path) -> None:
@@ -113,6 +177,7 @@ def assemble_dataset(settings: DatasetSettings, shard_paths: Sequence[str | Path
     background = read_dataset(water_path, BACKGROUND, ndim=2)
     recorder = PhotonRecorder(background, settings.water, seed, settings.name, settings.saturation)
     saturated = np.zeros(n_total, dtype=np.uint32)
+    nuisances = _NuisanceTable(n_total) if settings.nuisances.enabled else None
     with FrameStackWriter(frames_output, n_total, geometry.shape, settings.max_peaks) as out:
         i = 0
         for shard, path in enumerate(shard_paths):
@@ -127,17 +192,35 @@ def assemble_dataset(settings: DatasetSettings, shard_paths: Sequence[str | Path
                 else:      # a shard written before n_saturated was stored: count its frames
                     saturated[i:i + n_frames] = [recorder.n_saturated(src["/entry/data/data"][j])
                                                  for j in range(n_frames)]
+                if nuisances is not None:
+                    nuisances.add_file(src, path, i, n_frames)
                 for j in range(n_frames):
                     out.copy_frame(src, j, i)
                     i += 1
         if i != settings.frames:
             raise ValidationError(f"{frames_output}: shards hold {i} frames, the config asks for {settings.frames}")
+        empty_recorder = None
+        if nuisances is not None:
+            empty_recorder = NuisanceRecorder(settings.geometry(), settings.beam, recorder, settings.nuisances,
+                                              settings.crystal_size_m, settings.water_backend)
         for k in range(settings.n_empty):
-            counts = recorder.record(k, None, empty=True)
+            if empty_recorder is not None:
+                recorded = empty_recorder.record_empty(k, settings.frames)
+                nuisances.add(settings.frames + k, recorded)
+                counts, water_scale = recorded.counts, recorded.water_scale
+            else:
+                counts = recorder.record(k, None, empty=True)
+                water_scale = recorder.thickness_factor(k, empty=True)
             saturated[settings.frames + k] = recorder.n_saturated(counts)
-            out.write_frame(settings.frames + k, counts, None, None,
-                            water_scale=recorder.thickness_factor(k, empty=True))
+            out.write_frame(settings.frames + k, counts, None, None, water_scale=water_scale)
         _write_n_saturated(out.h5, saturated, settings.saturation)
+        if nuisances is not None:
+            nuisances.write(out.h5)
+            if empty_recorder.bad_pixels is not None:
+                out.h5.create_dataset(PIXEL_MASK, data=empty_recorder.bad_pixels.pixel_mask(geometry.mask),
+                                      **bitshuffle_lz4())
+                out.h5[PIXEL_MASK].attrs["description"] = ("DECTRIS pixel_mask bits: 1 gap, 2 dead, 8 hot "
+                                                           "(over-responding), 16 noisy; 0 = good")
         out.set_metadata(settings.photon_energy_ev, settings.clen_m, geometry.to_geom_text(), background,
                          attrs={"dataset": settings.name, "flux": settings.flux, "n_empty": settings.n_empty,
                                 "fingerprint": settings.fingerprint()})
@@ -177,17 +260,30 @@ def validate_frames(h5: h5py.File, settings: DatasetSettings, path) -> None:
     for i in np.flatnonzero(has_peaks):
         if not signal[i].any():
             raise ValidationError(f"{path}: frame {i} is marked has_peaks but has no Bragg signal")
+    if settings.nuisances.enabled:
+        n_crystals = h5[NUISANCES + "/n_crystals"][()]
+        if len(n_crystals) != len(has_peaks) or n_crystals[settings.frames:].any():
+            raise ValidationError(f"{path}: {NUISANCES}/n_crystals must hold one value per frame, 0 on empty frames")
+        spot_frames = h5[ICE_SPOTS + "/frame"][()]
+        if len(spot_frames) and not (0 <= spot_frames.min() and spot_frames.max() < len(has_peaks)):
+            raise ValidationError(f"{path}: {ICE_SPOTS}/frame names a frame outside the file")
 
 
 def frames_manifest(h5: h5py.File, settings: DatasetSettings) -> pd.DataFrame:
     """One row per frame: frame, has_peaks, n_peaks, photon_energy_ev, clen_m, flux, kind (overlay or empty),
-    n_saturated (pixels recorded at the saturation value)."""
+    n_saturated (pixels recorded at the saturation value); with nuisances also their values (the names of
+    :data:`~cxlspeaks.simulate.nuisances.RECORDED`) and n_ice_spots."""
     n = h5[HAS_PEAKS].shape[0]
     kind = np.where(np.arange(n) < settings.frames, "overlay", "empty")
-    return pd.DataFrame({"frame": np.arange(n), "has_peaks": h5[HAS_PEAKS][()],
-                         "n_peaks": h5[RESULT + "/nPeaks"][()], "photon_energy_ev": settings.photon_energy_ev,
-                         "clen_m": settings.clen_m, "flux": settings.flux, "kind": kind,
-                         "n_saturated": h5[N_SATURATED][()]})
+    table = pd.DataFrame({"frame": np.arange(n), "has_peaks": h5[HAS_PEAKS][()],
+                          "n_peaks": h5[RESULT + "/nPeaks"][()], "photon_energy_ev": settings.photon_energy_ev,
+                          "clen_m": settings.clen_m, "flux": settings.flux, "kind": kind,
+                          "n_saturated": h5[N_SATURATED][()]})
+    if NUISANCES in h5:        # datasets with nuisances: their per-frame values and the ice spots per frame
+        for name, values in read_columns(h5, NUISANCES).items():
+            table[name] = values
+        table["n_ice_spots"] = np.bincount(h5[ICE_SPOTS + "/frame"][()], minlength=n)[:n]
+    return table
 
 
 def read_manifest(path: str | Path, dataset: str) -> pd.DataFrame:

@@ -104,6 +104,35 @@ CRYSTAL_AXES = ("astar", "bstar", "cstar")
 PHOTON_ENERGY = "/entry/instrument/beam/photon_energy_ev"
 CLEN = "/entry/instrument/detector/clen_m"
 GEOMETRY_TEXT = "/entry/instrument/detector/geometry"
+#: Per-frame nuisance values, one (N,) dataset per name (simulate/nuisances.py RECORDED), when a dataset has any.
+NUISANCES = "/entry/data/nuisances"
+#: Ice spots (never Bragg peaks): a flat table, one row per spot: frame (int64), fs, ss (raw convention), photons
+#: (expected), d_A (the ring's d spacing); written for every dataset with nuisances (maybe with no row).
+ICE_SPOTS = "/entry/ice_spots"
+ICE_SPOT_FIELDS = {"frame": np.int64, "fs": np.float32, "ss": np.float32, "photons": np.float32,
+                   "d_A": np.float32}
+#: The dataset's bad-pixel map (uint32 (ss, fs), DECTRIS pixel_mask bits; simulate/detector_response.py).
+PIXEL_MASK = "/entry/instrument/detector/pixel_mask"
+
+
+def write_columns(h5: h5py.File, group: str, columns: dict[str, np.ndarray],
+                  descriptions: dict[str, str] | None = None) -> None:
+    """Write equal-length 1-D ``columns`` as datasets ``group/<name>`` (dtype as given), each with its
+    ``description`` attribute when ``descriptions`` names it."""
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"{h5.filename}: columns of {group} differ in length {sorted(lengths)}")
+    for name, values in columns.items():
+        h5.create_dataset(f"{group}/{name}", data=np.asarray(values))
+        if descriptions and name in descriptions:
+            h5[f"{group}/{name}"].attrs["description"] = descriptions[name]
+
+
+def read_columns(h5: h5py.File, group: str) -> dict[str, np.ndarray]:
+    """The 1-D datasets of ``group`` (empty when the file has no such group)."""
+    if group not in h5:
+        return {}
+    return {name: h5[f"{group}/{name}"][()] for name in h5[group]}
 
 
 class FrameStackWriter:
@@ -112,7 +141,8 @@ class FrameStackWriter:
     Layout: /entry/data/{data uint32, signal float32, label uint8} (N, ss, fs) one chunk per frame, bitshuffle-LZ4;
     /entry/data/has_peaks bool (N,); /entry/data/water_scale float32 (N,); /entry_1/result_1/nPeaks (N,) and
     peakXPosRaw, peakYPosRaw, peakTotalIntensity, peakH, peakK, peakL (N, max_peaks) in the raw CXI convention;
-    /entry/crystal/astar, bstar, cstar (N, 3) float64 1/m and quaternion (N, 4).
+    /entry/crystal/astar, bstar, cstar (N, 3) float64 1/m and quaternion (N, 4). Datasets with nuisances add
+    :data:`NUISANCES`, :data:`ICE_SPOTS` and :data:`PIXEL_MASK` (written with :func:`write_columns`).
     """
 
     def __init__(self, path: str | Path, n_frames: int, frame_shape: tuple[int, int], max_peaks: int):

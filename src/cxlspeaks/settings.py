@@ -18,6 +18,7 @@ from .simulate.beam import Beam
 from .simulate.bragg import CrystalSample
 from .simulate.engine import WaterSheet
 from .simulate.noise import EIGER4M_SATURATION_PHOTONS
+from .simulate.nuisances import Nuisances
 
 FLUX_LEVELS = ("normal", "low", "extreme")
 
@@ -53,12 +54,34 @@ class DatasetSettings:
     bragg_backend: str = "builtin"
     water_backend: str = "builtin"
     saturation_photons: int | None = None   # None: the detector's (saturation_of_detector)
+    # shot-to-shot nuisances (simulate/nuisances.py), all off by default; a mapping from the config is converted
+    nuisances: Nuisances = Nuisances()
+    # a measured spectrum (spectrum: table): a two-column CSV (x, weight), x a relative wavelength offset or eV
+    spectrum_file: str | None = None
+    spectrum_file_units: str = "relative"
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "nuisances", Nuisances.from_mapping(self.nuisances))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"datasets.{self.name}.{exc}") from None
+        if (self.spectrum == "table") != (self.spectrum_file is not None):
+            raise ValueError(f"datasets.{self.name}.spectrum_file: a spectrum file goes with spectrum: table "
+                             f"(spectrum is {self.spectrum!r}, spectrum_file is {self.spectrum_file!r})")
 
     @property
     def beam(self) -> Beam:
+        """The pulse; with ``spectrum: table`` its spectrum is read from ``spectrum_file`` (relative to the working
+        directory, the repository root in the workflow; ValueError naming the file when it is missing or bad)."""
+        table = {}
+        if self.spectrum_file is not None:
+            from .simulate.beam import read_spectrum_csv
+
+            table = dict(spectrum_table=read_spectrum_csv(self.spectrum_file),
+                         spectrum_table_units=self.spectrum_file_units)
         return Beam(photon_energy_ev=self.photon_energy_ev, bandwidth=self.bandwidth, spectrum=self.spectrum,
                     n_photons=self.n_photons, beam_radius_m=self.beam_radius_m,
-                    divergence_rad=self.divergence_rad, polarisation_fraction=self.polarisation_fraction)
+                    divergence_rad=self.divergence_rad, polarisation_fraction=self.polarisation_fraction, **table)
 
     @property
     def sample(self) -> CrystalSample:
@@ -100,7 +123,16 @@ class DatasetSettings:
         return geom.with_beam(self.photon_energy_ev, self.bandwidth)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as plain values (``DatasetSettings(**d)`` rebuilds them). Settings added after the first
+        datasets were made (``nuisances``, ``spectrum_file``, ``spectrum_file_units``) appear only when they
+        differ from their default, so the fingerprints and workflow parameters of datasets that do not use them
+        stay as they were."""
+        values = dataclasses.asdict(self)
+        for name, default in (("nuisances", Nuisances()), ("spectrum_file", None),
+                              ("spectrum_file_units", "relative")):
+            if getattr(self, name) == default:
+                del values[name]
+        return values
 
     def fingerprint(self) -> str:
         """A short hash of the settings (stored in files, so stale shards are recognised)."""
@@ -121,7 +153,10 @@ def dataset_settings(config: dict, name: str) -> DatasetSettings:
     if name not in datasets:
         raise KeyError(f"datasets.{name}: no such dataset in the config")
     fields = {f.name for f in dataclasses.fields(DatasetSettings)}
-    merged = {**config.get("defaults", {}), **(datasets[name] or {})}
+    defaults, own = config.get("defaults", {}) or {}, datasets[name] or {}
+    merged = {**defaults, **own}
+    if "nuisances" in defaults or "nuisances" in own:     # one level deeper: a dataset changes single nuisances
+        merged["nuisances"] = {**(defaults.get("nuisances") or {}), **(own.get("nuisances") or {})}
     unknown = sorted(set(merged) - fields)
     if unknown:
         raise KeyError(f"datasets.{name}: unknown setting {unknown[0]!r}")
