@@ -24,10 +24,12 @@ def frames(tiny, synthetic_crystal):
     return sim, [sim.simulate(a) for a in astars]
 
 
-def _independent_ray_trace(geometry, astar, hkl):
-    """Spot position from k_out = k_in + g, met with the panel plane z = clen (written apart from the package)."""
+def _independent_ray_trace(geometry, astar, hkl, lam=None):
+    """Spot position from k_out = k_in + g, met with the panel plane z = clen (written apart from the package);
+    at the Bragg wavelength lambda_g = -2 g_z / |g|^2 unless ``lam`` (m) is given."""
     g = np.asarray(hkl, dtype=float) @ astar.T
-    lam = -2 * g[:, 2] / np.sum(g * g, axis=1)
+    if lam is None:
+        lam = -2 * g[:, 2] / np.sum(g * g, axis=1)
     k_out = g + np.outer(1 / lam, [0, 0, 1])
     panel = geometry.panels[0]
     t = panel.clen_m / k_out[:, 2]
@@ -36,35 +38,39 @@ def _independent_ray_trace(geometry, astar, hkl):
 
 
 def test_spot_centres_lie_where_the_diffracted_ray_meets_the_panel(frames, tiny):
+    """Reflections excited inside the band (partiality > 0.9): the centre is the ray at the Bragg wavelength,
+    which is also the photon-weighted wavelength. (Partially excited reflections are drawn at the band's edge
+    instead: tests/test_partials.py checks those against a brute-force lattice-transform sum.)"""
     _, frame_list = frames
     n = 0
     for frame in frame_list:
-        p = frame.peaks
-        fs, ss, _, _ = _independent_ray_trace(tiny, frame.astar_bstar_cstar, p[["h", "k", "l"]].to_numpy())
+        p = frame.peaks[frame.peaks["partiality"] > 0.9]
+        fs, ss, lam, _ = _independent_ray_trace(tiny, frame.astar_bstar_cstar, p[["h", "k", "l"]].to_numpy())
         assert np.abs(fs - p["fs"]).max() <= 0.05 and np.abs(ss - p["ss"]).max() <= 0.05
+        # the 1/s^2 tails cut by the band's edges pull the mean wavelength toward the band by < 5e-4
+        np.testing.assert_allclose(p["wavelength_A"], lam * 1e10, rtol=5e-4)
         n += len(p)
-    assert n > 100
+    assert n > 20
 
 
 def test_diffracted_wave_vector_is_elastic_and_bragg_law_holds(frames, tiny, synthetic_crystal):
     _, frame_list = frames
     a, _, c = synthetic_crystal.cell_parameters[:3]
     panel = tiny.panels[0]
+    lam0 = HC_EV_A / 6000.0
     for frame in frame_list:
-        p = frame.peaks
+        # a tophat sends photons at in-band wavelengths only, so every spot's mean wavelength is in the band
+        assert (np.abs(frame.peaks["wavelength_A"] / lam0 - 1) <= 0.005 + 1e-9).all()
+        p = frame.peaks[frame.peaks["partiality"] > 0.9]
         h, k, l = p[["h", "k", "l"]].to_numpy().T
-        _, _, lam, k_out = _independent_ray_trace(tiny, frame.astar_bstar_cstar, np.c_[h, k, l])
-        np.testing.assert_allclose(np.linalg.norm(k_out, axis=1), 1 / lam, rtol=1e-12)       # |k_out| = 1/lambda
+        lam_A = p["wavelength_A"].to_numpy()
+        _, _, _, k_out = _independent_ray_trace(tiny, frame.astar_bstar_cstar, np.c_[h, k, l], lam_A * 1e-10)
         d_A = 1 / np.sqrt((h ** 2 + k ** 2) / a ** 2 + l ** 2 / c ** 2)                       # tetragonal cell
+        np.testing.assert_allclose(np.linalg.norm(k_out, axis=1), 1e10 / lam_A, rtol=2e-5)   # |k_out| = 1/lambda
         x = (p["fs"].to_numpy() + 0.5 + panel.corner_x) / panel.res
         y = (p["ss"].to_numpy() + 0.5 + panel.corner_y) / panel.res
         theta = np.arctan(np.hypot(x, y) / panel.clen_m) / 2
-        lam_A = p["wavelength_A"].to_numpy()
-        np.testing.assert_allclose(2 * d_A * np.sin(theta), lam_A, rtol=1e-6)
-        np.testing.assert_allclose(lam_A, lam * 1e10, rtol=1e-9)
-        full = p["partiality"] > 0.5
-        lam0 = HC_EV_A / 6000.0
-        assert (np.abs(lam_A[full] / lam0 - 1) <= 0.005 + 1e-4).all()
+        np.testing.assert_allclose(2 * d_A * np.sin(theta), lam_A, rtol=1e-4)
 
 
 def test_gap_pixels_record_nothing_and_photons_add_up(frames, tiny):
@@ -77,21 +83,22 @@ def test_gap_pixels_record_nothing_and_photons_add_up(frames, tiny):
 
 
 def test_footprint_is_normalised_and_centred_on_the_spot(frames, tiny):
-    """An isolated spot on good pixels holds N_hkl, and its centroid is the listed position (<= 0.05 px)."""
-    _, frame_list = frames
+    """A spot drawn alone on good pixels holds N_hkl, and its centroid is the listed position (<= 0.05 px).
+    (Drawn alone: the sinc^2 tails excite hundreds of weak spots, so no spot of a frame is isolated.)"""
+    sim, frame_list = frames
     mask = tiny.mask
     checked = 0
     for frame in frame_list:
-        p = frame.peaks
-        xy = p[["fs", "ss"]].to_numpy()
-        for fs, ss, total in p[["fs", "ss", "photons_total"]].to_numpy():
+        table, nodes = sim._excited(frame.astar_bstar_cstar)
+        for row in np.flatnonzero(table["photons_total"].to_numpy() > 1.0):
+            fs, ss, total = table.loc[row, ["fs", "ss", "photons_total"]]
             i, j = int(round(ss)), int(round(fs))
             if i < 4 or j < 4 or i >= tiny.shape[0] - 4 or j >= tiny.shape[1] - 4:
                 continue
-            others = np.hypot(xy[:, 0] - fs, xy[:, 1] - ss)
-            if np.sort(others)[1] < 9 or not mask[i - 4:i + 5, j - 4:j + 5].all():
+            if not mask[i - 4:i + 5, j - 4:j + 5].all():
                 continue
-            box = frame.image[i - 4:i + 5, j - 4:j + 5].astype(float)
+            image, _ = sim.render(table.loc[[row]].reset_index(drop=True), {k: v[[row]] for k, v in nodes.items()})
+            box = image[i - 4:i + 5, j - 4:j + 5].astype(float)
             assert box.sum() == pytest.approx(total, rel=1e-5)
             yy, xx = np.mgrid[i - 4:i + 5, j - 4:j + 5]
             assert abs((box * xx).sum() / box.sum() - fs) <= 0.05
@@ -106,10 +113,12 @@ def test_divergence_widens_spots_by_distance_times_angle(tiny, synthetic_crystal
     sigma = wide.spot_sigma_for(np.array([0.15]), np.array([res]))[0]
     assert sigma == pytest.approx(math.hypot(0.5, 0.15 * 20e-3 / 2.3548200450309493 * res))
     astar = synthetic_crystal.orientation_from_quaternion([0.3, 0.5, -0.2, 0.7])
-    frame = wide.simulate(astar)
-    fs, ss = frame.peaks.loc[0, ["fs", "ss"]]
+    table, nodes = wide._excited(astar)
+    row = int(table["photons_total"].to_numpy().argmax())
+    image, _ = wide.render(table.loc[[row]].reset_index(drop=True), {k: v[[row]] for k, v in nodes.items()})
+    fs, ss = table.loc[row, ["fs", "ss"]]                           # the strongest spot, drawn alone
     i, j = int(round(ss)), int(round(fs))
-    box = frame.image[i - 8:i + 9, j - 8:j + 9].astype(float)
+    box = image[i - 8:i + 9, j - 8:j + 9].astype(float)
     yy, xx = np.mgrid[i - 8:i + 9, j - 8:j + 9]
     var_fs = (box * (xx - fs) ** 2).sum() / box.sum()
     distance = np.linalg.norm(tiny.pixel_positions_m[i, j])
@@ -127,13 +136,21 @@ def test_expected_photons_scale_with_fluence_and_crystal_volume(tiny, synthetic_
     base = photons(Beam(6000.0))
     more = photons(Beam(6000.0, n_photons=6e8))
     wider = photons(Beam(6000.0, beam_radius_m=10e-6))
-    np.testing.assert_allclose(more["photons_total"], 2 * base["photons_total"], rtol=1e-12)
-    np.testing.assert_allclose(wider["photons_total"], base["photons_total"] / 4, rtol=1e-12)
+    for other, factor in ((more, 2.0), (wider, 0.25)):       # (the sets differ by the weakest, < min_photons)
+        both = base.merge(other, left_index=True, right_index=True, suffixes=("", "_other"))
+        assert len(both) > 0.9 * min(len(base), len(other))
+        np.testing.assert_allclose(both["photons_total_other"], factor * both["photons_total"], rtol=1e-12)
     big = photons(Beam(6000.0), CrystalSample(size_m=20e-6))
     both = base.merge(big, left_index=True, right_index=True, suffixes=("", "_big"))
-    full = (both["partiality"] > 0.9999) & (both["partiality_big"] > 0.9999)
-    assert full.sum() > 10
-    np.testing.assert_allclose(both.loc[full, "photons_total_big"], 8 * both.loc[full, "photons_total"], rtol=2e-4)
+    # N = V x (the part of the profile inside the band): 8x the volume, times the ratio of partialities (the
+    # 1/s^2 tails of the shape transform leave no reflection fully excited, so no plain factor 8)
+    inside = (both["partiality"] > 0.95) & (both["partiality_big"] > 0.95)
+    assert inside.sum() > 10
+    ratio = both["photons_total_big"] / both["photons_total"] / (both["partiality_big"] / both["partiality"])
+    np.testing.assert_allclose(ratio[inside], 8.0, rtol=2e-3)
+    # the tails outside the band hold e_1 / (2 pi^2 |g_z| eps_out) ~ 1 / edge: half as much for twice the edge
+    outside = (1 - both["partiality_big"]) / (1 - both["partiality"])
+    assert np.median(outside[inside & (both["partiality"] < 0.999)]) == pytest.approx(0.5, rel=0.1)
 
 
 def test_laue_formula_reproduces_the_pattern_sim_worked_example():
@@ -148,7 +165,14 @@ def test_laue_formula_reproduces_the_pattern_sim_worked_example():
 
 
 def test_simulator_puts_the_worked_example_reflection_on_the_detector():
-    """The same reflection, oriented into diffraction at 2.0609 A, through the whole simulator: 0.737 photons."""
+    """The same reflection, oriented into diffraction at 2.0609 A, through the whole simulator.
+
+    The Laue formula's 0.737 assumes the whole profile inside the band. The crystal's shape transform has 1/s^2
+    tails, and 8.5 % of this 1 um crystal's profile falls outside the band (its Bragg wavelength is 0.27 % from
+    the centre, 0.23 % from the edge), and the exact Jacobian of relative wavelength adds lambda_g / lambda_0:
+    0.737 x 0.9973 x 0.915 = 0.673 photons. pattern_sim 0.10.2, converged (40 spectrum samples), gives 1 um
+    reflections 0.84-0.95 of the Laue value (simulate/pattern_sim.py); tests/test_partials.py checks the number
+    against a brute-force sum of the lattice transform."""
     import gemmi
 
     cell = gemmi.UnitCell(67.288, 67.288, 106.582, 90, 90, 90)
@@ -165,8 +189,12 @@ def test_simulator_puts_the_worked_example_reflection_on_the_detector():
                          CrystalSample(size_m=edge))
     peaks = sim.excited_reflections(astar)
     assert len(peaks) == 1
-    assert peaks.loc[0, "wavelength_A"] == pytest.approx(2.0609, abs=1e-6)
-    assert peaks.loc[0, "photons_total"] == pytest.approx(0.737, abs=0.001)
+    lam0 = HC_EV_A / 6000.0 * 1e-10
+    assert peaks.loc[0, "wavelength_A"] == pytest.approx(2.0609, rel=5e-4)      # the tails pull it into the band
+    partiality = peaks.loc[0, "partiality"]
+    assert 0.88 < partiality < 0.95
+    assert peaks.loc[0, "photons_total"] == pytest.approx(0.737 * lam / lam0 * partiality, rel=5e-3)
+    assert peaks.loc[0, "photons_total"] == pytest.approx(0.673, abs=0.003)
 
 
 def test_gaussian_spectrum_weights_reflections_by_the_spectrum(tiny, synthetic_crystal):
@@ -178,9 +206,12 @@ def test_gaussian_spectrum_weights_reflections_by_the_spectrum(tiny, synthetic_c
     peak_rho = 1 / (beam.spectrum_sigma * math.sqrt(2 * math.pi))
     for astar in astars:
         p = sim.excited_reflections(astar)
-        eps = p["wavelength_A"] / (HC_EV_A / 6000.0) - 1
-        rho = p["partiality"] / beam.bandwidth
+        g = p[["h", "k", "l"]].to_numpy() @ astar.T
+        eps = -2 * g[:, 2] / np.sum(g * g, axis=1) / (HC_EV_A / 6000.0 * 1e-10) - 1   # Bragg wavelength
+        rho = p["partiality"].to_numpy() / beam.bandwidth
         expected = peak_rho * np.exp(-eps ** 2 / (2 * beam.spectrum_sigma ** 2))
-        # sharp reflections (10 um crystal): the profile adds < 1 % to the spectral width
-        close = np.isclose(rho, expected, rtol=0.02)
+        # sharp reflections (10 um crystal) within 2 sigma of the centre: the profile adds < 1 % to the width
+        core = np.abs(eps) < 2 * beam.spectrum_sigma
+        assert core.sum() > 10
+        close = np.isclose(rho[core], expected[core], rtol=0.03)
         assert close.mean() > 0.8

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from ..constants import FWHM_PER_SIGMA, wavelength_m
 
-SPECTRA = ("tophat", "gaussian")
+SPECTRA = ("tophat", "gaussian", "table")
+TABLE_UNITS = ("relative", "ev")
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,13 @@ class Beam:
     divergence_rad: full width at half maximum of the incident directions (rad), which widens every spot by
     about distance * divergence; polarisation_fraction: fraction of the beam polarised along x (1 = fully, as
     an inverse-Compton source driven by a linearly polarised laser; 0.5 = unpolarised).
+
+    spectrum: "tophat" (full width ``bandwidth``), "gaussian" (FWHM ``bandwidth``) or "table", a measured
+    spectrum: ``spectrum_table`` holds (x, weight) pairs, x in the units ``spectrum_table_units``: "relative"
+    (relative wavelength offset eps = lambda / lambda_0 - 1) or "ev" (photon energy); weights are relative
+    photons per unit x, >= 0, linearly interpolated between points and zero outside, normalised here. For a
+    table, ``bandwidth`` stays the nominal relative width (the resolution limit of the reflection list and the
+    scale of the ``partiality`` column, rho * bandwidth); the table must lie within +-40 % of lambda_0.
     """
 
     photon_energy_ev: float
@@ -29,6 +40,8 @@ class Beam:
     beam_radius_m: float = 5e-6
     divergence_rad: float = 1e-3
     polarisation_fraction: float = 1.0
+    spectrum_table: tuple | None = None
+    spectrum_table_units: str = "relative"
 
     def __post_init__(self) -> None:
         checks = {
@@ -44,6 +57,16 @@ class Beam:
                 raise ValueError(f"beam {name} = {getattr(self, name)!r} is out of range")
         if self.spectrum not in SPECTRA:
             raise ValueError(f"beam spectrum must be one of {SPECTRA}, got {self.spectrum!r}")
+        if self.spectrum == "table":
+            if self.spectrum_table is None:
+                raise ValueError("beam spectrum 'table' needs spectrum_table: (x, weight) pairs")
+            if self.spectrum_table_units not in TABLE_UNITS:
+                raise ValueError(f"beam spectrum_table_units must be one of {TABLE_UNITS}, "
+                                 f"got {self.spectrum_table_units!r}")
+            object.__setattr__(self, "spectrum_table", tuple(tuple(map(float, row)) for row in self.spectrum_table))
+            self.spectrum_density()
+        elif self.spectrum_table is not None:
+            raise ValueError(f"beam spectrum_table is given but spectrum is {self.spectrum!r}; set spectrum: table")
 
     @property
     def wavelength_m(self) -> float:
@@ -58,3 +81,58 @@ class Beam:
     def spectrum_sigma(self) -> float:
         """Standard deviation of the relative wavelength deviation for a Gaussian spectrum (FWHM / 2.3548)."""
         return self.bandwidth / FWHM_PER_SIGMA
+
+    def spectrum_density(self) -> tuple[np.ndarray, np.ndarray]:
+        """A table spectrum as (eps, S(eps)): increasing relative wavelength offsets and the density per unit eps,
+        normalised (trapezoid rule) to 1. Photon energies E convert as eps = E_0 / E - 1, S_eps = S_E E^2 / E_0
+        (lambda = hc / E). ValueError (one line) for a table that is not usable."""
+        table = np.asarray(self.spectrum_table, dtype=float)
+        if table.ndim != 2 or table.shape[1] != 2 or len(table) < 2:
+            raise ValueError(f"beam spectrum_table needs at least 2 rows of (x, weight), got shape {table.shape}")
+        x, weight = table[:, 0], table[:, 1]
+        if not (np.isfinite(table).all() and (weight >= 0).all() and weight.sum() > 0):
+            raise ValueError("beam spectrum_table weights must be finite, >= 0 and not all zero")
+        if self.spectrum_table_units == "ev":
+            if not (x > 0).all():
+                raise ValueError("beam spectrum_table photon energies must be positive (eV)")
+            eps = self.photon_energy_ev / x - 1.0
+            density = weight * x ** 2 / self.photon_energy_ev
+        else:
+            eps, density = x, weight
+        order = np.argsort(eps)
+        eps, density = eps[order], density[order]
+        if np.any(np.diff(eps) <= 0):
+            raise ValueError("beam spectrum_table has repeated wavelengths")
+        if eps[0] < -0.4 or eps[-1] > 0.4:
+            raise ValueError(f"beam spectrum_table reaches {eps[0]:+.3f} .. {eps[-1]:+.3f} in relative wavelength; "
+                             "it must lie within +-0.4 of photon_energy_ev")
+        return eps, density / np.trapezoid(density, eps)
+
+
+def read_spectrum_csv(path: str | Path) -> tuple[tuple[float, float], ...]:
+    """Read a two-column CSV spectrum (x, weight; an optional header line of text) into ``spectrum_table`` rows.
+
+    ValueError naming the file for a missing file or a malformed table."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: spectrum file not found")
+    try:
+        table = np.loadtxt(path, delimiter=",", ndmin=2, comments="#",
+                           skiprows=1 if _has_header(path) else 0)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a two-column CSV of numbers ({exc})") from None
+    if table.ndim != 2 or table.shape[1] != 2:
+        raise ValueError(f"{path}: a spectrum needs two columns (x, weight), got {table.shape[1]}")
+    return tuple((float(a), float(b)) for a, b in table)
+
+
+def _has_header(path: Path) -> bool:
+    with open(path) as fh:
+        for line in fh:
+            if line.strip() and not line.lstrip().startswith("#"):
+                try:
+                    [float(v) for v in line.split(",")]
+                    return False
+                except ValueError:
+                    return True
+    return False

@@ -1,33 +1,45 @@
-"""Bragg peaks of a still crystal in a polychromatic pulse, integrated analytically per reflection.
+"""Bragg peaks of a still crystal in a polychromatic pulse, integrated per reflection over the spectrum.
 
 This replaces CrystFEL pattern_sim's per-pixel sampling of the lattice transform (which, for a 10 um crystal,
 samples a lobe far narrower than its 4 x 4 sub-pixel step and so returns random spikes) by each reflection's
-integrated intensity, placed where its diffracted ray meets the detector (PHYSICS.md, "Bragg peaks").
+integrated intensity, placed where its diffracted rays meet the detector (PHYSICS.md, "Bragg peaks" and
+"Partial reflections").
 
-For reflection h with lab reciprocal vector g = A* h (1/m) and k_in = z-hat / lambda:
+For reflection h with lab reciprocal vector g = A* h (1/m), k_in = z-hat / lambda and relative wavelength
+eps = lambda / lambda_0 - 1 (the spectrum S(eps), integral 1; :mod:`cxlspeaks.simulate.profile`):
 
-* Ewald condition: g is in diffraction at lambda_g = -2 g_z / |g|^2 (g_z < 0); its relative wavelength offset
-  from the centre of the spectrum is eps_g = lambda_g / lambda_0 - 1.
-* Reciprocal-space profile of the reflection: a Gaussian of standard deviation
-  sigma_r = sqrt((0.376 / L)^2 + (|g| eta)^2), where 0.376 / L matches the FWHM 0.886 / L of a cube's shape
-  transform (edge L) and eta is the mosaic spread (standard deviation, rad). Moving the Ewald sphere by
-  dk changes the excitation error by (g_z / k) dk, so in relative wavelength the profile has standard deviation
-  sigma_eps = sigma_r / |g_z|.
-* Spectral overlap rho (per unit relative wavelength): for a tophat of full width b,
-  rho = [Phi_N((b/2 - eps_g) / sigma_eps) - Phi_N((-b/2 - eps_g) / sigma_eps)] / b, where the bracket is the
-  partiality; for a Gaussian spectrum of FWHM b, rho = N(eps_g; 0, sqrt(sigma_s^2 + sigma_eps^2)), sigma_s = b/2.3548.
-* Laue integrated intensity (photons): N_hkl = Phi r_e^2 P |F_hkl|^2 V_xtal lambda_g^3 rho / (2 V_cell^2 sin^2 theta)
-  with Phi = N_photons / (pi r_beam^2), sin theta = lambda_g |g| / 2 and P the polarisation factor of k_out.
-  For a tophat this is PHYSICS.md's N_hkl = Phi r_e^2 P |F|^2 V lambda^3 / (2 b V_cell^2 sin^2 theta) * partiality
-  (its worked example, 0.737 photons for 1IC6 (13, 8, -6), is a test).
-* Spot centre: the ray along k_out = g + z-hat / lambda_g meets the panel (ray-plane intersection).
-* Spot footprint: an isotropic 2-D Gaussian of standard deviation sqrt(sigma_psf^2 + (D res sigma_div)^2) pixels
+* Excitation: at wavelength lambda the Ewald sphere passes at s(eps) = |g + z/lambda| - 1/lambda from g, and
+  collects the projection of the crystal's lattice transform on the sphere normal, p(s) (normalised; the exact
+  projection of a parallelepiped crystal's shape transform, sinc^2-like tails of mean e_1 / (2 pi^2 s^2),
+  convolved with the mosaic spread; Warren 1969 ch. 3, Kirian et al. 2010 Opt. Express 18:5713).
+* Photons: dOmega dlambda = lambda^4 d^3q / (2 sin^2 theta) turns the diffracted photons
+  int dlambda Phi_lambda int dOmega r_e^2 P |F|^2 L(q) into
+      N_hkl = Phi r_e^2 |F_hkl|^2 (V_xtal / V_cell^2) int d eps S(eps) P(eps) lambda(eps)^2 p(s(eps)),
+  with Phi = N_photons / (pi r_beam^2) and P the polarisation factor of k_out at that wavelength. For a flat
+  spectrum and a sharp profile this is the Laue integrated intensity
+  Phi r_e^2 P |F|^2 V lambda^4 S / (2 lambda_0 V_cell^2 sin^2 theta) (:func:`laue_integrated_photons` with
+  rho = S lambda / lambda_0). The integral runs over K Gauss-Legendre nodes per reflection (48, placed in
+  atan(s / core width) so that both the core and the 1/s^2 tails are resolved).
+* Spot: at each node the diffracted ray is k_out = g + z / lambda (the sphere point nearest g; the slice of a
+  centrosymmetric lattice transform is symmetric about it), met with the spot's panel plane. The spot is the
+  superposition over the excited wavelengths: its centre is the photon-weighted mean of the node positions
+  (``fs``, ``ss``), ``wavelength_A`` the photon-weighted mean wavelength, and the weighted spread along the
+  radial direction is the bandwidth streak. A reflection whose Bragg wavelength lies outside the band is still
+  excited by its tails at the band's edge, and is drawn there.
+* partiality = rho * bandwidth with rho = int S p d eps (per unit relative wavelength): for a tophat the
+  fraction of the reflection's excitation that falls in the band.
+* Footprint: each spot is a 2-D Gaussian of standard deviation sqrt(sigma_psf^2 + (D res sigma_div)^2) pixels
   (D the crystal-to-spot distance, sigma_div = divergence FWHM / 2.3548), integrated exactly over each pixel with
-  the error function and normalised to N_hkl over its box; pixels in gaps or outside the spot's panel record
-  nothing, so a peak's detected photons can be below N_hkl.
+  the error function and normalised to N_hkl over its box. A streak longer than ``streak_split_px`` (standard
+  deviation) is drawn as three Gaussians, one per third of its photons along the wavelength, each widened by the
+  spread within its third; a shorter one as one Gaussian widened by the streak's variance. Pixels in gaps or
+  outside the spot's panel record nothing, so a peak's detected photons can be below N_hkl.
+* Reflections are kept when an upper bound of their photons (the profile's tail bound at the nearest
+  excitation error in the band) reaches ``min_photons``; those left out carry less than that each.
 
-Not modelled (documented differences): radial streaking by bandwidth x mosaicity, the 1/cos(alpha) stretch of
-spots at oblique incidence, and the wavelength dependence of the spot direction across a reflection's profile.
+Not modelled (documented differences): the 1/cos(alpha) stretch of spots at oblique incidence, the in-plane
+offset of a slice's centroid from the foot point in the far tails (crystal truncation rods of a faceted crystal
+cross the sphere beside it), and the Ewald sphere's curvature across the lobe.
 """
 
 from __future__ import annotations
@@ -43,16 +55,20 @@ from ..constants import CLASSICAL_ELECTRON_RADIUS_M, FWHM_PER_SIGMA
 from ..crystal import Crystal
 from ..geometry import Geometry, polarisation_factor
 from .beam import Beam
-
-#: Standard deviation of a cube's shape transform in units of 1 / edge length (FWHM 0.886 / L).
-SHAPE_TRANSFORM_SIGMA_PER_INV_L = 0.886 / FWHM_PER_SIGMA
+from .profile import (DEFAULT_NODES, Spectrum, core_width, excitation_error, profile_density, shape_coefficients,
+                      slice_offset, wavelength_nodes)
 
 PEAK_COLUMNS = ("fs", "ss", "photons", "photons_total", "h", "k", "l", "wavelength_A", "partiality", "panel")
+#: Sub-spots a long streak is drawn with (thirds of its photons along the wavelength).
+STREAK_PARTS = 3
+#: Wavelength nodes of reflections excited by the smooth 1/s^2 tail alone (band > 30 core widths away).
+TAIL_NODES = 12
 
 
 @dataclass(frozen=True)
 class CrystalSample:
-    """The crystal in the beam: a cube of edge ``size_m`` with Gaussian mosaic spread ``mosaicity_rad`` (FWHM)."""
+    """The crystal in the beam: edges of ``size_m`` along a, b, c (a cube for orthogonal cells; volume size^3),
+    Gaussian mosaic spread ``mosaicity_rad`` (FWHM of the orientation spread about each axis)."""
 
     size_m: float = 10e-6
     mosaicity_rad: float = 0.0
@@ -72,9 +88,10 @@ class CrystalSample:
 class BraggFrame:
     """One simulated still: expected photons per pixel (float32, (ss, fs)), the true peaks and the orientation.
 
-    ``peaks`` has one row per reflection whose ray meets a panel: fs, ss (raw convention, pixel centre at the
-    integer index), photons (expected photons on good pixels), photons_total (N_hkl), h, k, l, wavelength_A
-    (lambda_g), partiality (rho * bandwidth), panel (index). Rows are sorted by photons, strongest first.
+    ``peaks`` has one row per reflection whose spot centre lies on a panel: fs, ss (raw convention, pixel centre
+    at the integer index; photon-weighted over the excited wavelengths), photons (expected photons on good
+    pixels), photons_total (N_hkl), h, k, l, wavelength_A (photon-weighted excited wavelength), partiality
+    (rho * bandwidth), panel (index). Rows are sorted by photons, strongest first.
     """
 
     image: np.ndarray
@@ -83,12 +100,21 @@ class BraggFrame:
 
 
 class BraggSimulator:
-    """Vectorised analytic Bragg simulator for one geometry, crystal, beam and sample (PHYSICS.md)."""
+    """Vectorised Bragg simulator for one geometry, crystal, beam and sample (module docstring, PHYSICS.md).
+
+    ``n_nodes``: wavelength nodes per reflection; ``min_photons``: reflections whose photon bound is below it are
+    left out; ``streak_split_px``: streaks with a larger standard deviation (pixels) are drawn as sub-spots.
+    """
 
     def __init__(self, geometry: Geometry, crystal: Crystal, beam: Beam, sample: CrystalSample = CrystalSample(),
-                 spot_sigma_px: float = 0.5, box_sigmas: float = 4.0, min_photons: float = 1e-6):
+                 spot_sigma_px: float = 0.5, box_sigmas: float = 4.0, min_photons: float = 1e-3,
+                 n_nodes: int = DEFAULT_NODES, streak_split_px: float = 0.5):
         if not spot_sigma_px > 0:
             raise ValueError(f"spot_sigma_px must be positive, got {spot_sigma_px}")
+        if not min_photons > 0:
+            raise ValueError(f"min_photons must be positive, got {min_photons}")
+        if int(n_nodes) < 8:
+            raise ValueError(f"n_nodes must be >= 8, got {n_nodes}")
         self.geometry = geometry
         self.crystal = crystal
         self.beam = beam
@@ -96,55 +122,132 @@ class BraggSimulator:
         self.spot_sigma_px = spot_sigma_px
         self.box_sigmas = box_sigmas
         self.min_photons = min_photons
+        self.n_nodes = int(n_nodes)
+        self.streak_split_px = streak_split_px
+        self.spectrum = Spectrum.from_beam(beam)
         self._hkl = crystal.hkl.astype(np.float64)
         self._mask_flat = geometry.mask.ravel()
         self._shape = geometry.shape
         self._panel_bounds = np.array([[p.min_fs, p.max_fs, p.min_ss, p.max_ss] for p in geometry.panels])
         self._panel_res = np.array([p.res for p in geometry.panels])
+        self._panel_corner = np.array([p.corner_m() for p in geometry.panels])
+        self._panel_normal = np.array([np.cross(p.fs_m(), p.ss_m()) for p in geometry.panels])
+        self._panel_inverse = np.array([np.linalg.pinv(np.c_[p.fs_m(), p.ss_m()]) for p in geometry.panels])
+        self._panel_origin = np.array([[p.min_fs - 0.5, p.min_ss - 0.5] for p in geometry.panels])
+        #: Phi r_e^2 V_xtal / V_cell^2 (photons per e^2 per m^-2 ... times lambda^2 p d eps).
+        self._scale = (beam.fluence_per_m2 * CLASSICAL_ELECTRON_RADIUS_M ** 2 * sample.volume_m3
+                       / crystal.volume_m3 ** 2)
 
     # ------------------------------------------------------------------ reflections
-    def excited_reflections(self, astar_bstar_cstar: np.ndarray) -> pd.DataFrame:
-        """Reflections in diffraction for an orientation, with N_hkl and spot centres (not yet rendered)."""
-        beam = self.beam
-        lam0 = beam.wavelength_m
-        g = self._hkl @ np.asarray(astar_bstar_cstar, dtype=float).T          # (N, 3), 1/m
+    def _candidates(self, g: np.ndarray, astar: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reflections whose photon bound reaches ``min_photons``: (indices, core width (1/m), nearest |s| in the
+        band (1/m)). The bound: S_max max(d eps/ds) lambda_max^2 times twice the mean tail
+        (e1 / 2 pi^2)(1/s_near - 1/s_far) of the profile (its fringes at most double it), e1 along the Bragg
+        direction with 5 % to spare for the band; a mosaic spread moves s_near in by 8 sigma."""
+        lam0 = self.beam.wavelength_m
+        spec = self.spectrum
+        s_lo = excitation_error(g, 1.0 / (lam0 * (1 + spec.lo)))
+        s_hi = excitation_error(g, 1.0 / (lam0 * (1 + spec.hi)))
+        inside = (s_lo <= 0) & (s_hi >= 0)
+        s_near = np.where(inside, 0.0, np.minimum(np.abs(s_lo), np.abs(s_hi)))
+        s_far = np.maximum(np.abs(s_lo), np.abs(s_hi))
         g2 = np.einsum("ij,ij->i", g, g)
+        n_ref = g + np.array([0.0, 0.0, 1.0 / lam0])
+        n_ref /= np.linalg.norm(n_ref, axis=1, keepdims=True)
+        sigma_m = np.sqrt(g2) * self.sample.mosaicity_rad / FWHM_PER_SIGMA
+        shape = shape_coefficients(n_ref, astar, self.sample.size_m)
+        width = core_width(shape, sigma_m)
+        e1 = 1.05 * shape.e1
+        s_eff = s_near - 8 * sigma_m
+        lam_max = lam0 * (1 + spec.hi)
         gz = g[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lam_g = np.where(gz < 0, -2 * gz / g2, np.nan)
-        eps = lam_g / lam0 - 1
-        sigma_r = np.sqrt((SHAPE_TRANSFORM_SIGMA_PER_INV_L / self.sample.size_m) ** 2
-                          + g2 * (self.sample.mosaicity_rad / FWHM_PER_SIGMA) ** 2)
-        with np.errstate(divide="ignore"):
-            sigma_eps = sigma_r / np.abs(gz)
-        half = beam.bandwidth / 2
-        if beam.spectrum == "tophat":
-            reach = half + 6 * sigma_eps
-        else:
-            reach = 6 * np.sqrt(beam.spectrum_sigma ** 2 + sigma_eps ** 2)
-        sel = np.flatnonzero(np.abs(eps) < reach)
-        g, g2, lam_g, eps, sigma_eps = g[sel], g2[sel], lam_g[sel], eps[sel], sigma_eps[sel]
-        if beam.spectrum == "tophat":
-            rho = (ndtr((half - eps) / sigma_eps) - ndtr((-half - eps) / sigma_eps)) / beam.bandwidth
-        else:
-            s2 = beam.spectrum_sigma ** 2 + sigma_eps ** 2
-            rho = np.exp(-eps ** 2 / (2 * s2)) / np.sqrt(2 * np.pi * s2)
-        k_out = g.copy()
-        k_out[:, 2] += 1.0 / lam_g
-        photons = laue_integrated_photons(
-            fluence_per_m2=beam.fluence_per_m2, polarisation=polarisation_factor(k_out, beam.polarisation_fraction),
-            f2=self.crystal.intensity[sel], crystal_volume_m3=self.sample.volume_m3,
-            cell_volume_m3=self.crystal.volume_m3, wavelength_m=lam_g, sin2_theta=lam_g ** 2 * g2 / 4,
-            spectral_overlap=rho)
-        fs, ss, panel = self.geometry.ray_to_pixel(k_out)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            sg = s_lo - 8 * sigma_m - gz                   # d eps / ds is largest at the band's short end
+            deps_ds = (sg * sg + g2 - gz * gz) / (2 * sg * sg) * lam_max ** 2 / lam0
+            tail = e1 / np.pi ** 2 * (1 / s_eff - 1 / (s_far + 8 * sigma_m))
+            p_peak = e1 / (np.pi ** 2 * s_eff ** 2)
+            bound = np.minimum(spec.max_density * deps_ds * tail, p_peak)
+            bound = np.where((s_eff <= 4 * width) | (sg <= 0) | ~np.isfinite(bound), np.inf, bound)
+        photons_bound = self._scale * self.crystal.intensity * lam_max ** 2 * bound
+        sel = np.flatnonzero(photons_bound >= self.min_photons)
+        return sel, width[sel], s_near[sel]
+
+    def excited_reflections(self, astar_bstar_cstar: np.ndarray) -> pd.DataFrame:
+        """Reflections excited by the spectrum for an orientation, with N_hkl, spot centres and streaks (not yet
+        rendered); columns as :class:`BraggFrame` ``peaks`` plus distance_m and the streak's node table."""
+        table, _ = self._excited(np.asarray(astar_bstar_cstar, dtype=float))
+        return table
+
+    def _excited(self, astar: np.ndarray) -> tuple[pd.DataFrame, dict]:
+        beam, sample = self.beam, self.sample
+        lam0 = beam.wavelength_m
+        g_all = self._hkl @ astar.T                                                   # (N, 3), 1/m
+        sel, width, s_near = self._candidates(g_all, astar)
+        g = g_all[sel]
+        g2 = np.einsum("ij,ij->i", g, g)
+        eta = sample.mosaicity_rad / FWHM_PER_SIGMA
+        s, k, eps, weight_s, deps_ds = self._nodes(g, width, s_near)
+        k_out = g[:, None, :] + k[..., None] * np.array([0.0, 0.0, 1.0])             # (N, K, 3)
+        normals = k_out / np.linalg.norm(k_out, axis=-1, keepdims=True)
+        shape = shape_coefficients(normals, astar, sample.size_m)
+        cos_theta = np.sqrt(np.clip(1 - g2[:, None] / (4 * k * k), 0, 1))
+        sigma_m = np.sqrt(g2)[:, None] * eta * cos_theta
+        profile = profile_density(s, shape, sigma_m)
+        overlap = weight_s * self.spectrum.density(eps) * profile                      # S p ds
+        # the slice's centroid: the foot point g - s n on the sphere plus the in-plane offset of L(q - g) on the
+        # plane q - g = -s n + q_perp (offset at -s: the profile is even, the offset odd in s)
+        k_out = k[..., None] * normals + slice_offset(-s, normals, astar, sample.size_m, profile, sigma_m)
+        overlap = np.where(np.isfinite(overlap) & (overlap > 0), overlap, 0.0)
+        lam = 1.0 / k
+        w = overlap * deps_ds * lam ** 2 * polarisation_factor(k_out, beam.polarisation_fraction)
+        photons = self._scale * self.crystal.intensity[sel] * w.sum(axis=1)
+        wsum = np.where(w.sum(axis=1) > 0, w.sum(axis=1), 1.0)
+        mean_dir = np.einsum("nk,nkj->nj", w, k_out) / wsum[:, None]
+        _, _, panel = self.geometry.ray_to_pixel(mean_dir)
         keep = (panel >= 0) & (photons >= self.min_photons)
-        hkl = self.crystal.hkl[sel][keep]
-        return pd.DataFrame({
-            "fs": fs[keep], "ss": ss[keep], "photons_total": photons[keep],
+        idx = np.flatnonzero(keep)
+        panel = panel[idx]
+        node_fs, node_ss = self._on_panel(k_out[idx], panel)
+        wk = w[idx] / wsum[idx, None]
+        fs = (wk * node_fs).sum(axis=1)
+        ss = (wk * node_ss).sum(axis=1)
+        hkl = self.crystal.hkl[sel][idx]
+        table = pd.DataFrame({
+            "fs": fs, "ss": ss, "photons_total": photons[idx],
             "h": hkl[:, 0], "k": hkl[:, 1], "l": hkl[:, 2],
-            "wavelength_A": lam_g[keep] * 1e10, "partiality": rho[keep] * beam.bandwidth,
-            "panel": panel[keep], "distance_m": self._distance_to_spot_m(fs[keep], ss[keep]),
+            "wavelength_A": (wk * lam[idx]).sum(axis=1) * 1e10,
+            "partiality": overlap[idx].sum(axis=1) * beam.bandwidth,
+            "panel": panel, "distance_m": self._distance_to_spot_m(fs, ss),
         })
+        return table, {"fs": node_fs, "ss": node_ss, "weight": wk}
+
+    def _nodes(self, g: np.ndarray, width: np.ndarray, s_near: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Wavelength nodes: ``n_nodes`` for reflections whose band reaches within 30 core widths of the core,
+        ``TAIL_NODES`` (zero-weight padded) for those excited by the smooth tail alone."""
+        lam0 = self.beam.wavelength_m
+        core = s_near < 30 * width
+        out = [np.zeros((len(g), self.n_nodes)) for _ in range(5)]
+        out[1][:] = 1.0 / lam0
+        out[4][:] = 1.0
+        for rows, n_nodes in ((core, self.n_nodes), (~core, TAIL_NODES)):
+            if rows.any():
+                parts = wavelength_nodes(g[rows], lam0, self.spectrum, width[rows], n_nodes)
+                for arr, part in zip(out, parts):
+                    arr[np.ix_(rows, np.arange(n_nodes))] = part
+        for arr in out[:4]:                       # padding nodes repeat the last node (weight 0)
+            arr[~core, TAIL_NODES:] = arr[~core, TAIL_NODES - 1:TAIL_NODES]
+        out[3][~core, TAIL_NODES:] = 0.0
+        return tuple(out)
+
+    def _on_panel(self, k_out: np.ndarray, panel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw (fs, ss) where rays along ``k_out`` (N, K, 3) meet the plane of each row's panel (N,)."""
+        corner = self._panel_corner[panel][:, None, :]
+        normal = self._panel_normal[panel][:, None, :]
+        t = np.einsum("nij,nij->ni", corner, normal) / np.einsum("nkj,nij->nk", k_out, normal)
+        rel = t[..., None] * k_out - corner                                          # (N, K, 3)
+        uv = np.einsum("nab,nkb->nka", self._panel_inverse[panel], rel)
+        origin = self._panel_origin[panel][:, None, :]
+        return uv[..., 0] + origin[..., 0], uv[..., 1] + origin[..., 1]
 
     def _distance_to_spot_m(self, fs: np.ndarray, ss: np.ndarray) -> np.ndarray:
         """Crystal-to-spot distance (m), from the nearest pixel centre (sets the divergence footprint)."""
@@ -159,43 +262,94 @@ class BraggSimulator:
         div_sigma = self.beam.divergence_rad / FWHM_PER_SIGMA
         return np.sqrt(self.spot_sigma_px ** 2 + (distance_m * res * div_sigma) ** 2)
 
-    def render(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Expected-photon image of the spots in ``table`` and each spot's photons on good pixels."""
+    def _sub_spots(self, table: pd.DataFrame, nodes: dict) -> tuple[np.ndarray, ...]:
+        """Gaussians that draw each spot: (row, fs, ss, photons, sigma) with the streak split or folded in."""
+        n = len(table)
+        fs_c, ss_c = table["fs"].to_numpy(), table["ss"].to_numpy()
+        w, nfs, nss = nodes["weight"], nodes["fs"], nodes["ss"]
+        var = (w * ((nfs - fs_c[:, None]) ** 2 + (nss - ss_c[:, None]) ** 2)).sum(axis=1)
+        base = self.spot_sigma_for(table["distance_m"].to_numpy(), self._panel_res[table["panel"].to_numpy()])
+        total = table["photons_total"].to_numpy()
+        split = np.sqrt(var) > self.streak_split_px
+        rows = [np.flatnonzero(~split)]
+        fs = [fs_c[~split]]
+        ss = [ss_c[~split]]
+        photons = [total[~split]]
+        sigma = [np.sqrt(base[~split] ** 2 + var[~split] / 2)]
+        if split.any():
+            ws, fss, sss = w[split], nfs[split], nss[split]
+            cum = np.cumsum(ws, axis=1) - 0.5 * ws
+            part = np.minimum((cum * STREAK_PARTS).astype(int), STREAK_PARTS - 1)
+            for j in range(STREAK_PARTS):
+                wj = np.where(part == j, ws, 0.0)
+                mass = wj.sum(axis=1)
+                ok = mass > 0
+                mj = np.where(ok, mass, 1.0)
+                fj = (wj * fss).sum(axis=1) / mj
+                sj = (wj * sss).sum(axis=1) / mj
+                vj = (wj * ((fss - fj[:, None]) ** 2 + (sss - sj[:, None]) ** 2)).sum(axis=1) / mj
+                rows.append(np.flatnonzero(split)[ok])
+                fs.append(fj[ok])
+                ss.append(sj[ok])
+                photons.append(total[split][ok] * mass[ok])
+                sigma.append(np.sqrt(base[split][ok] ** 2 + vj[ok] / 2))
+        out = [np.concatenate(a) for a in (rows, fs, ss, photons, sigma)]
+        return out[0].astype(np.int64), out[1], out[2], out[3], out[4]
+
+    def render(self, table: pd.DataFrame, nodes: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Expected-photon image of the spots in ``table`` and each spot's photons on good pixels.
+
+        ``nodes`` (from the simulator) carries each spot's wavelength-node positions and weights, which draw its
+        streak; without it each spot is one Gaussian at its centre."""
         n_ss, n_fs = self._shape
-        image = np.zeros(n_ss * n_fs, dtype=np.float32)
         n = len(table)
         if n == 0:
-            return image.reshape(self._shape), np.zeros(0)
-        panel = table["panel"].to_numpy()
-        sigma = self.spot_sigma_for(table["distance_m"].to_numpy(), self._panel_res[panel])
-        half = int(math.ceil(self.box_sigmas * sigma.max()))
+            return np.zeros(self._shape, dtype=np.float32), np.zeros(0)
+        if nodes is None:
+            nodes = {"fs": table["fs"].to_numpy()[:, None], "ss": table["ss"].to_numpy()[:, None],
+                     "weight": np.ones((n, 1))}
+        row, fs, ss, photons, sigma = self._sub_spots(table, nodes)
+        panel = table["panel"].to_numpy()[row]
+        half = np.ceil(self.box_sigmas * sigma).astype(np.int64)
+        pixels, values, on_good = [], [], np.zeros(len(row))
+        for h in np.unique(half):                                   # one box size at a time
+            m = np.flatnonzero(half == h)
+            pix, wts, on_good[m] = self._box_weights(fs[m], ss[m], sigma[m], photons[m], panel[m], int(h))
+            pixels.append(pix)
+            values.append(wts)
+        image = np.bincount(np.concatenate(pixels), weights=np.concatenate(values), minlength=n_ss * n_fs)
+        detected = np.bincount(row, weights=on_good, minlength=n)
+        return image.astype(np.float32).reshape(self._shape), detected
+
+    def _box_weights(self, fs, ss, sigma, photons, panel, half):
+        """Photons of Gaussian spots in a (2 half + 1)^2 box: (flat pixel index, photons) of good pixels and each
+        spot's photons on good pixels."""
+        n_fs = self._shape[1]
         offsets = np.arange(-half, half + 1)
-        fs = table["fs"].to_numpy()
-        ss = table["ss"].to_numpy()
-        fs_idx = np.rint(fs).astype(np.int64)[:, None] + offsets          # (n, B)
+        fs_idx = np.rint(fs).astype(np.int64)[:, None] + offsets          # (m, B)
         ss_idx = np.rint(ss).astype(np.int64)[:, None] + offsets
         w_fs = _pixel_integrals(fs_idx, fs, sigma)
         w_ss = _pixel_integrals(ss_idx, ss, sigma)
         bounds = self._panel_bounds[panel]
         ok_fs = (fs_idx >= bounds[:, [0]]) & (fs_idx <= bounds[:, [1]])
         ok_ss = (ss_idx >= bounds[:, [2]]) & (ss_idx <= bounds[:, [3]])
-        weights = (w_ss[:, :, None] * w_fs[:, None, :]) * table["photons_total"].to_numpy()[:, None, None]
+        weights = (w_ss[:, :, None] * w_fs[:, None, :]) * photons[:, None, None]
         flat = ss_idx[:, :, None] * n_fs + fs_idx[:, None, :]
         valid = ok_ss[:, :, None] & ok_fs[:, None, :]
         valid[valid] = self._mask_flat[flat[valid]]
         weights = np.where(valid, weights, 0.0)
-        np.add.at(image, flat[valid], weights[valid].astype(np.float32))
-        return image.reshape(self._shape), weights.sum(axis=(1, 2))
+        return flat[valid], weights[valid], weights.sum(axis=(1, 2))
 
     def simulate(self, astar_bstar_cstar: np.ndarray) -> BraggFrame:
         """Expected-photon image and true peak list for one crystal orientation (lab reciprocal axes, 1/m)."""
-        table = self.excited_reflections(astar_bstar_cstar)
-        image, detected = self.render(table)
+        astar = np.asarray(astar_bstar_cstar, dtype=float)
+        table, nodes = self._excited(astar)
+        image, detected = self.render(table, nodes)
         table.insert(2, "photons", detected)
         table = table.drop(columns="distance_m")
         table = table[table["photons"] > 0].sort_values("photons", ascending=False, kind="stable")
         return BraggFrame(image=image, peaks=table.reset_index(drop=True)[list(PEAK_COLUMNS)],
-                          astar_bstar_cstar=np.asarray(astar_bstar_cstar, dtype=float))
+                          astar_bstar_cstar=astar)
 
 
 def laue_integrated_photons(fluence_per_m2, polarisation, f2, crystal_volume_m3, cell_volume_m3, wavelength_m,
@@ -204,6 +358,8 @@ def laue_integrated_photons(fluence_per_m2, polarisation, f2, crystal_volume_m3,
 
     N = Phi r_e^2 P |F|^2 V_xtal lambda^3 rho / (2 V_cell^2 sin^2 theta), with rho the spectral overlap per unit
     relative wavelength (partiality / bandwidth for a tophat). Arguments in SI units, |F|^2 in electrons^2.
+    (The simulator integrates the spectrum itself; for a flat spectrum S its N equals this with
+    rho = S lambda / lambda_0, the exact Jacobian of relative wavelength.)
     """
     return (fluence_per_m2 * CLASSICAL_ELECTRON_RADIUS_M ** 2 * polarisation * f2 * crystal_volume_m3
             * wavelength_m ** 3 * spectral_overlap / (2 * cell_volume_m3 ** 2 * sin2_theta))

@@ -1,0 +1,299 @@
+"""Excitation of a reflection along the wavelength: the crystal's shape transform, mosaicity and the spectrum.
+
+Shape transform projected on the Ewald-sphere normal (Warren, "X-ray Diffraction", 1969, ch. 3; Kirian et al.
+2010, Opt. Express 18:5713, for serial femtosecond crystallography; White et al. 2016, J. Appl. Cryst. 49:680 for
+CrystFEL's partiality models). A crystal of N_a x N_b x N_c cells has the lattice transform
+L(q) = prod_i sin^2(pi N_i x_i) / sin^2(pi x_i), x_i = (q - g) . a_i, whose integral over a reciprocal cell is
+N_cells / V_cell = V_xtal / V_cell^2. The Ewald sphere at wavelength lambda passes at the signed distance
+s = |g + z/lambda| - 1/lambda from g (s > 0: g outside the sphere; s grows with lambda); over the width of the
+lobe the sphere is flat, so what the sphere collects at that wavelength is the *projection* of L on its normal
+n (the unit vector along k_out = g + z/lambda): the integral of L over the plane at distance s. By the projection
+(Fourier-slice) theorem that projection is the 1-D Fourier transform of the crystal's common-volume function
+A(t n) = volume shared by the crystal and its copy shifted by t n (Patterson function of the shape). For a
+parallelepiped with edges N_i a_i, A(t n) / V = prod_i (1 - c_i |t|)_+ with c_i = |n . a_i*| / N_i, so the
+normalised profile (per unit s, 1/m^-1 = m, integral 1) is
+
+    p(s) = 2 int_0^T Q(t) cos(2 pi s t) dt,   Q(t) = prod_i (1 - c_i t),   T = 1 / max c_i,
+
+a cubic polynomial's cosine transform, evaluated here in closed form (series for small 2 pi s T). For a cube
+aligned with n it is the familiar L sinc^2(pi L s); for every orientation its tails average to
+e_1 / (2 pi^2 s^2) with e_1 = sum c_i (the projected area over the volume: Porod's law). The crystal here is the
+one CrystFEL's pattern_sim draws: edges along a, b, c, each of length ``edge_m`` (N_i = edge / |a_i|,
+continuous), so a cube for orthogonal cells. Beyond 2 pi |s| T = 40 the oscillating part of the tails (period
+1 / T in s) is faded out over one octave and its mean kept, so that a quadrature over the wavelength needs no
+node per fringe; the integrals this changes move by < 1e-3 (tested).
+
+Mosaicity (isotropic Gaussian spread of orientations, standard deviation eta per axis) moves g by eta (w x g),
+whose component along n has standard deviation eta |g| cos(theta) (n . g-hat = sin theta); the profile is
+convolved with that Gaussian, i.e. Q(t) is multiplied by exp(-2 pi^2 sigma^2 t^2) and transformed by
+Gauss-Legendre quadrature (its tail by the endpoint expansion -f'(0)/w^2 + f'''(0)/w^4).
+
+Spectrum: S(eps) per unit relative wavelength eps = lambda / lambda_0 - 1, normalised to 1: a tophat of full
+width b, a Gaussian of FWHM b, or a measured table (piecewise linear). Integration over eps per reflection uses
+K Gauss-Legendre nodes in u = atan(s / w), w the profile's core width, so that the core and the 1/s^2 tails are
+both resolved; the wavelength of each node follows exactly from s: 1/lambda = (|g|^2 - s^2) / (2 (s - g_z)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Dimensionless 2 pi s T above which the fringes of the tails are faded into their mean (one octave).
+FRINGE_FADE_START = 40.0
+#: Gauss-Legendre nodes along the wavelength, per reflection.
+DEFAULT_NODES = 48
+_SERIES_X = 1.5
+_SERIES_TERMS = 14
+_MOSAIC_NODES = 32
+
+
+@dataclass(frozen=True)
+class ShapeCoefficients:
+    """Elementary symmetric sums of the c_i (1/m), arrays of one shape: e1 = sum c_i, e2 = sum c_i c_j,
+    e3 = prod c_i, and T = 1 / max c_i (m), the extent of the common-volume function along n."""
+
+    e1: np.ndarray
+    e2: np.ndarray
+    e3: np.ndarray
+    t_max: np.ndarray
+
+
+def shape_coefficients(normals: np.ndarray, astar_bstar_cstar: np.ndarray, edge_m: float) -> ShapeCoefficients:
+    """c_i = |n . a_i*| |a_i| / edge for unit normals ``normals`` (..., 3) and lab reciprocal axes (3 x 3,
+    columns a*, b*, c*, 1/m): a crystal with edges of length ``edge_m`` along a, b, c."""
+    astar = np.asarray(astar_bstar_cstar, dtype=float)
+    real_lengths = np.linalg.norm(np.linalg.inv(astar).T, axis=0)                   # |a|, |b|, |c| (m)
+    c = np.abs(normals @ astar) * (real_lengths / edge_m)                          # (..., 3), 1/m
+    e1 = c.sum(axis=-1)
+    e2 = c[..., 0] * c[..., 1] + c[..., 0] * c[..., 2] + c[..., 1] * c[..., 2]
+    e3 = c.prod(axis=-1)
+    return ShapeCoefficients(e1, e2, e3, 1.0 / c.max(axis=-1))
+
+
+def _fade(x: np.ndarray) -> np.ndarray:
+    """Smooth step from 1 (x <= FRINGE_FADE_START) to 0 (x >= 2 FRINGE_FADE_START)."""
+    u = np.clip(np.abs(x) / FRINGE_FADE_START - 1.0, 0.0, 1.0)
+    return 1.0 - u * u * (3.0 - 2.0 * u)
+
+
+def profile_density(s: np.ndarray, shape: ShapeCoefficients, sigma_mosaic: np.ndarray | float = 0.0) -> np.ndarray:
+    """Normalised excitation profile p(s) (m; integral over s in 1/m is 1) at excitation errors ``s`` (1/m).
+
+    ``shape`` and ``sigma_mosaic`` (1/m, standard deviation of the mosaic Gaussian along n) broadcast with s.
+    """
+    s = np.asarray(s, dtype=float)
+    t_max = np.broadcast_to(shape.t_max, s.shape)
+    beta = [np.ones_like(s), -shape.e1 * t_max, shape.e2 * t_max ** 2, -shape.e3 * t_max ** 3]
+    beta = [np.broadcast_to(b, s.shape) for b in beta]
+    x = 2 * np.pi * s * t_max
+    sigma = np.broadcast_to(np.asarray(sigma_mosaic, dtype=float), s.shape)
+    if np.any(sigma > 0):
+        return 2 * t_max * _mosaic_transform(x, beta, 2 * np.pi ** 2 * (sigma * t_max) ** 2)
+    return 2 * t_max * _cubic_cosine_transform(x, beta)
+
+
+def _cubic_cosine_transform(x: np.ndarray, beta: list[np.ndarray]) -> np.ndarray:
+    """int_0^1 beta(tau) cos(x tau) d tau for the cubic beta with beta(1) = 0 (closed form; series near 0)."""
+    out = np.empty_like(x)
+    small = np.abs(x) < _SERIES_X
+    if small.any():
+        xs = x[small]
+        total = np.zeros_like(xs)
+        term = np.ones_like(xs)                                   # (-1)^j x^(2j) / (2j)!
+        for j in range(_SERIES_TERMS):
+            total += term * sum(beta[m][small] / (m + 2 * j + 1) for m in range(4))
+            term = -term * xs * xs / ((2 * j + 1) * (2 * j + 2))
+        out[small] = total
+    big = ~small
+    if big.any():
+        xb = x[big]
+        b1, b2, b3 = beta[1][big], beta[2][big], beta[3][big]
+        d1_end = b1 + 2 * b2 + 3 * b3                              # beta'(1)
+        d2_end = 2 * b2 + 6 * b3                                   # beta''(1)
+        d3 = 6 * b3
+        cos_x, sin_x = np.cos(xb), np.sin(xb)
+        x2 = xb * xb
+        smooth = -b1 / x2 + d3 / (x2 * x2)
+        fringes = d1_end * cos_x / x2 - d2_end * sin_x / (x2 * xb) - d3 * cos_x / (x2 * x2)
+        out[big] = smooth + _fade(xb) * fringes
+    return out
+
+
+def _mosaic_transform(x: np.ndarray, coeffs: list[np.ndarray], alpha: np.ndarray, sine: bool = False) -> np.ndarray:
+    """int_0^1 c(tau) exp(-alpha tau^2) cos(x tau) (or sin) d tau for the polynomial c (coefficients ``coeffs``)
+    by Gauss-Legendre; far tails by the endpoint expansion (cosine: -f'(0)/x^2 + f'''(0)/x^4; sine:
+    f(0)/x - f''(0)/x^3, f = c exp(-alpha tau^2)), blended in over x tau_max = 10..20."""
+    tau_max = np.minimum(1.0, np.sqrt(40.0 / np.maximum(alpha, 1e-300)))
+    nodes, weights = np.polynomial.legendre.leggauss(_MOSAIC_NODES)
+    tau = 0.5 * (nodes + 1.0)[:, None] * tau_max.ravel()[None, :]                   # (M, n)
+    poly = np.zeros_like(tau)
+    for cm in reversed(coeffs):
+        poly = poly * tau + np.broadcast_to(cm, x.shape).ravel()[None, :]
+    trig = np.sin if sine else np.cos
+    f = poly * np.exp(-alpha.ravel()[None, :] * tau * tau) * trig(x.ravel()[None, :] * tau)
+    quad = ((0.5 * weights[:, None] * f).sum(axis=0) * tau_max.ravel()).reshape(x.shape)
+    c = [np.broadcast_to(cm, x.shape) for cm in coeffs] + [np.zeros(x.shape)] * (4 - len(coeffs))
+    xs = np.where(x == 0, 1e-300, x)
+    if sine:
+        asym = c[0] / xs - (2 * c[2] - 2 * alpha * c[0]) / xs ** 3
+    else:
+        asym = -c[1] / xs ** 2 + (6 * c[3] - 6 * alpha * c[1]) / xs ** 4
+    blend = np.clip(np.abs(x) * tau_max / 10.0 - 1.0, 0.0, 1.0)
+    blend = blend * blend * (3 - 2 * blend)
+    return (1 - blend) * quad + blend * asym
+
+
+def _quadratic_sine_transform(x: np.ndarray, rho: list[np.ndarray]) -> np.ndarray:
+    """int_0^1 rho(tau) sin(x tau) d tau for a quadratic rho (closed form, series near 0, fringes faded)."""
+    out = np.empty_like(x)
+    small = np.abs(x) < _SERIES_X
+    if small.any():
+        xs = x[small]
+        total = np.zeros_like(xs)
+        term = xs.copy()                                          # (-1)^j x^(2j+1) / (2j+1)!
+        for j in range(_SERIES_TERMS):
+            total += term * sum(rho[m][small] / (m + 2 * j + 2) for m in range(3))
+            term = -term * xs * xs / ((2 * j + 2) * (2 * j + 3))
+        out[small] = total
+    big = ~small
+    if big.any():
+        xb = x[big]
+        r0, r1, r2 = rho[0][big], rho[1][big], rho[2][big]
+        cos_x, sin_x = np.cos(xb), np.sin(xb)
+        smooth = r0 / xb - 2 * r2 / xb ** 3
+        fringes = -(r0 + r1 + r2) * cos_x / xb + (r1 + 2 * r2) * sin_x / xb ** 2 + 2 * r2 * cos_x / xb ** 3
+        out[big] = smooth + _fade(xb) * fringes
+    return out
+
+
+def slice_offset(s: np.ndarray, normals: np.ndarray, astar_bstar_cstar: np.ndarray, edge_m: float,
+                 profile: np.ndarray, sigma_mosaic: np.ndarray | float = 0.0) -> np.ndarray:
+    """Centroid of the lattice transform on the plane at distance s from g, relative to the foot point (1/m,
+    (..., 3), perpendicular to n).
+
+    The first moment of the slice is -(i / 2 pi) int dt exp(-2 pi i s t) grad_perp A(t n) (Fourier transform of
+    q_perp L); for the parallelepiped grad A(t n) / V = -sign(t) sum_i d_i prod_(j != i) (1 - c_j |t|) with
+    d_i = sign(n . a_i*) a_i* |a_i| / edge, so the offset is sum_i (d_i - c_i n) J_i / (pi p(s)),
+    J_i = int_0^T prod_(j != i) (1 - c_j t) sin(2 pi s t) dt. Zero for a cube face-on; in the far tails it tends
+    to s sum_i (d_i - c_i n) / e_1: the truncation rods of the faces cross the sphere beside the foot point.
+    ``profile``: p(s) from :func:`profile_density` with the same arguments.
+    """
+    astar = np.asarray(astar_bstar_cstar, dtype=float)
+    real_lengths = np.linalg.norm(np.linalg.inv(astar).T, axis=0)
+    proj = normals @ astar                                                           # (..., 3): n . a_i*
+    c = np.abs(proj) * (real_lengths / edge_m)
+    t_max = 1.0 / c.max(axis=-1)
+    x = 2 * np.pi * s * t_max
+    sigma = np.broadcast_to(np.asarray(sigma_mosaic, dtype=float), s.shape)
+    alpha = 2 * np.pi ** 2 * (sigma * t_max) ** 2
+    mosaic = bool(np.any(sigma > 0))
+    offset = np.zeros(s.shape + (3,))
+    for i in range(3):
+        j, k = [m for m in range(3) if m != i]
+        rho = [np.ones_like(s), -(c[..., j] + c[..., k]) * t_max, c[..., j] * c[..., k] * t_max ** 2]
+        if mosaic:
+            transform = _mosaic_transform(x, rho, alpha, sine=True)
+        else:
+            transform = _quadratic_sine_transform(x, rho)
+        d = np.sign(proj[..., i])[..., None] * astar[:, i] * (real_lengths[i] / edge_m)
+        d_perp = d - c[..., i, None] * normals
+        offset += d_perp * (t_max * transform)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offset /= (np.pi * profile)[..., None]
+    return np.where(np.isfinite(offset), offset, 0.0)
+
+
+def core_width(shape: ShapeCoefficients, sigma_mosaic: np.ndarray | float = 0.0) -> np.ndarray:
+    """Width scale of the profile's core (1/m): sqrt((e1 / 2)^2 + (2 sigma)^2), used to place nodes."""
+    return np.sqrt((0.5 * shape.e1) ** 2 + (2.0 * np.asarray(sigma_mosaic)) ** 2)
+
+
+# ---------------------------------------------------------------------- spectra
+@dataclass(frozen=True)
+class Spectrum:
+    """Spectral density S(eps) per unit relative wavelength eps = lambda / lambda_0 - 1, integral 1.
+
+    kind "tophat" (full width ``width``), "gaussian" (standard deviation ``sigma``) or "table" (piecewise linear
+    through ``table_eps``, ``table_density``). ``lo``, ``hi``: the support integrated over (a Gaussian's to
+    +-8 sigma, which leaves out 1e-15 of it).
+    """
+
+    kind: str
+    lo: float
+    hi: float
+    sigma: float = 0.0
+    table_eps: tuple = ()
+    table_density: tuple = ()
+
+    @classmethod
+    def from_beam(cls, beam) -> "Spectrum":
+        """The spectrum of a :class:`~cxlspeaks.simulate.beam.Beam`."""
+        if beam.spectrum == "tophat":
+            return cls("tophat", -beam.bandwidth / 2, beam.bandwidth / 2)
+        if beam.spectrum == "gaussian":
+            sigma = beam.spectrum_sigma
+            return cls("gaussian", -8 * sigma, 8 * sigma, sigma=sigma)
+        eps, density = beam.spectrum_density()
+        return cls("table", float(eps[0]), float(eps[-1]), table_eps=tuple(eps), table_density=tuple(density))
+
+    def density(self, eps: np.ndarray) -> np.ndarray:
+        """S(eps) (per unit relative wavelength), zero outside the support."""
+        eps = np.asarray(eps, dtype=float)
+        inside = (eps >= self.lo) & (eps <= self.hi)
+        if self.kind == "tophat":
+            return np.where(inside, 1.0 / (self.hi - self.lo), 0.0)
+        if self.kind == "gaussian":
+            return np.exp(-0.5 * (eps / self.sigma) ** 2) / (self.sigma * math.sqrt(2 * math.pi))
+        return np.interp(eps, self.table_eps, self.table_density, left=0.0, right=0.0)
+
+    @property
+    def max_density(self) -> float:
+        if self.kind == "tophat":
+            return 1.0 / (self.hi - self.lo)
+        if self.kind == "gaussian":
+            return 1.0 / (self.sigma * math.sqrt(2 * math.pi))
+        return float(max(self.table_density))
+
+
+# ---------------------------------------------------------------------- wavelength nodes
+def excitation_error(g: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """s = |g + k z| - k (1/m): distance of g (N, 3) from the Ewald sphere of radius k = 1/lambda (broadcast)."""
+    gx2 = g[..., 0] ** 2 + g[..., 1] ** 2
+    gz = g[..., 2]
+    return np.sqrt(gx2 + (gz + k) ** 2) - k
+
+
+def wavenumber_at(s: np.ndarray, g2: np.ndarray, gz: np.ndarray) -> np.ndarray:
+    """The k = 1/lambda (1/m) whose Ewald sphere passes at distance s from g: (|g|^2 - s^2) / (2 (s - g_z))."""
+    return (g2 - s * s) / (2 * (s - gz))
+
+
+def wavelength_nodes(g: np.ndarray, lam0_m: float, spectrum: Spectrum, width: np.ndarray,
+                     n_nodes: int = DEFAULT_NODES):
+    """Quadrature nodes over the spectrum's support for each reflection (rows of g, (N, 3), 1/m).
+
+    Returns (s, k, eps, weight_s, deps_ds), each (N, K): excitation error (1/m), wavenumber (1/m), relative
+    wavelength, the quadrature weight in s (sum_k weight_s f(s_k) ~ int f ds between the support's ends, 1/m)
+    and d eps / ds (m), so that weight_s * deps_ds is the weight in eps. Nodes are Gauss-Legendre in
+    u = atan(s / width).
+    """
+    g2 = np.einsum("ij,ij->i", g, g)
+    gz = g[:, 2]
+    s_lo = excitation_error(g, 1.0 / (lam0_m * (1 + spectrum.lo)))
+    s_hi = excitation_error(g, 1.0 / (lam0_m * (1 + spectrum.hi)))
+    u_lo = np.arctan(s_lo / width)
+    u_hi = np.arctan(s_hi / width)
+    x, w = np.polynomial.legendre.leggauss(n_nodes)
+    half = 0.5 * (u_hi - u_lo)
+    u = (u_lo + u_hi)[:, None] * 0.5 + half[:, None] * x[None, :]
+    s = width[:, None] * np.tan(u)
+    k = wavenumber_at(s, g2[:, None], gz[:, None])
+    eps = 1.0 / (k * lam0_m) - 1.0
+    sg = s - gz[:, None]
+    dk_ds = -(sg * sg + g2[:, None] - gz[:, None] ** 2) / (2 * sg * sg)
+    deps_ds = -dk_ds / (k * k * lam0_m)
+    ds_du = width[:, None] / np.cos(u) ** 2
+    return s, k, eps, (half[:, None] * w[None, :]) * ds_du, deps_ds
