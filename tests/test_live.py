@@ -102,6 +102,7 @@ def _run_live(setup, out, protocol="stream2", workers=2, feed=None, **kwargs):
     from cxlspeaks.live import live
 
     kwargs.setdefault("prefault_mb", 0)   # tiny frames
+    kwargs.setdefault("max_age_s", 30.0)  # a loaded test machine must not turn slow frames into skipped ones
 
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     ready = mp.get_context("spawn").Event()
@@ -134,7 +135,7 @@ def test_replay_through_live_equals_the_direct_scores(setup, tmp_path, protocol)
 
     summary, table = _run_live(setup, tmp_path / "run", protocol, feed=lambda e: replay(
         setup["frames_path"], e, protocol, wait_peers=2))
-    assert summary["frames_processed"] == 12 and summary["frames_lost"] == 0
+    assert summary["frames_processed"] == 12 and summary["frames_lost"] == 0, (summary, table["status"].tolist())
     assert sorted(table["image_id"]) == list(range(12))          # every frame exactly once
     assert set(table["worker"]) == {0, 1}
     direct = _direct(setup)
@@ -386,4 +387,9 @@ def test_hit_fcn_logits_with_the_numpy_median_equal_the_model(kind):
     mask = (rng.random((3, 1, 30, 21)) > 0.2).astype(np.float32) * (0.0 if kind == "no good bin" else 1.0)
     x = torch.from_numpy(np.concatenate([counts, mask], axis=1))
     with torch.no_grad():
-        assert torch.equal(hit_fcn_logits(model, x), model(x))
+        # the same median; the convolutions run channels-last there, so equal to float32 rounding
+        torch.testing.assert_close(hit_fcn_logits(model, x), model(x), rtol=1e-5, atol=1e-6)
+        shifted = x.clone()
+        shifted[:, :1] += 1.0            # a different median moves the logits: the check can fail
+        assert not torch.allclose(hit_fcn_logits(model, shifted), model(x), rtol=1e-5, atol=1e-6) \
+            or kind == "no good bin"

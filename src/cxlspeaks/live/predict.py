@@ -5,7 +5,8 @@ the same photon-energy and camera-length classes), as plain dicts instead of a D
 
 * runs the photon-energy and camera-length models on the hits only (``predict`` reports them for hits only);
 * checks a frame shape against the checkpoints once, not per frame;
-* for the ``hit_fcn`` model, takes the median of the frame's good bins from a histogram of the binned photon
+* for the ``hit_fcn`` model, runs its convolutions channels-last (NHWC: the same numbers to float32 rounding,
+  ~25 % less CPU time on one thread than NCHW here) and takes the median of the frame's good bins from a histogram of the binned photon
   counts (``np.partition`` for other values; torch's ``nanmedian`` over the masked bins is the slowest step of that
   model on one thread): the same value, the lower of the two middle values, then the model's own layers.
 """
@@ -53,7 +54,7 @@ def hit_fcn_logits(model, x):
     level = torch.tensor([_level(cn[i, 0], gn[i, 0], anscombe) for i in range(len(cn))],
                          dtype=z.dtype)[:, None, None, None]
     z = torch.where(good, z - level, torch.zeros_like(z))
-    f = model.features(torch.cat([z, mask], dim=1))
+    f = model.features(torch.cat([z, mask], dim=1).contiguous(memory_format=torch.channels_last))
     pooled = torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1)
     return model.head(pooled)
 
@@ -70,6 +71,10 @@ class LivePredictor:
         self._checked: set = set()
         hit = predictor.models["hit"]
         self._fast_hit = type(hit) is HitFCN and tuple(hit.inputs) == ("counts", "mask")
+        if self._fast_hit:   # channels-last convolutions: ~25 % less CPU time for HitFCN on one thread
+            import torch
+
+            hit.to(memory_format=torch.channels_last)
 
     def predict(self, counts: np.ndarray, mask: np.ndarray, geometry=None) -> list[dict]:
         import torch
