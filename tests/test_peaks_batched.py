@@ -237,3 +237,29 @@ def test_bad_input_is_one_clear_error(trained):
             pipeline.find(np.zeros(SHAPE, np.uint16), np.ones(SHAPE, bool))
         with pytest.raises(ValueError, match="dtype complex64"):
             pipeline.find(np.zeros((1, *SHAPE), np.complex64), np.ones(SHAPE, bool))
+
+
+def test_the_live_scorer_on_a_device_gives_the_cpu_finders_peaks(trained, tmp_path):
+    """`cxlspeaks live --finder network --device ...`: a worker's FrameScorer with the peak network on a torch
+    device (here the CPU device, the code path a GPU takes) scores and finds as the CPU finder does."""
+    from cxlspeaks.live.workers import FrameScorer, peak_device
+    from cxlspeaks.sources.base import Frame
+
+    geometry = tiny_geometry(n_fs=SHAPE[1], n_ss=SHAPE[0])
+    good = geometry.mask
+    _frame_models(tmp_path, (SHAPE[0] // 4, SHAPE[1] // 4), 4)
+    saved = {"optimizer_state": {}, "epoch": 1, "class_names": ["peak"], **trained}
+    saved["config"] = {**trained["config"], "attribute": "peaks"}
+    save_checkpoint(tmp_path / "peaks" / "checkpoint.pt", **saved)
+    cpu = FrameScorer(tmp_path, "network", threshold=0.0)          # every frame a hit: peaks for all
+    device = FrameScorer(tmp_path, "network", threshold=0.0, peak_device="cpu")
+    frames, _ = _spot_frames(71, [5, 0, 2])
+    for i, counts in enumerate(frames):
+        frame = Frame(event=f"//{i}", counts=counts.astype(np.float32), good=good, saturated=np.zeros_like(good))
+        (row, peaks), (ref_row, ref_peaks) = device.score(frame, geometry), cpu.score(frame, geometry)
+        assert row == ref_row
+        _assert_same_peaks([peaks], [ref_peaks])
+    assert peak_device("cpu") is None
+    assert peak_device("auto") == ("cuda" if torch.cuda.is_available() else None)
+    with pytest.raises(ValueError, match="unknown device"):
+        peak_device("tpu")

@@ -2,7 +2,7 @@
 
     replay SOURCE --bind tcp://127.0.0.1:PORT --protocol stream2|stream1 [--rate HZ] [--count N]
     live --connect tcp://HOST:PORT --models DIR --out RUN_DIR [--workers N] [--geometry G]
-         [--finder network|peakfinder8] [--http HOST:PORT] [--channel threshold_1]
+         [--finder network|peakfinder8] [--device auto|cpu|cuda] [--http HOST:PORT] [--channel threshold_1]
 
 Both return an exit code: 0 done, 2 a one-line error on stderr (bad file, bad argument, no clients).
 """
@@ -55,13 +55,15 @@ def live_main(argv=None) -> int:
     p.add_argument("--protocol", choices=("stream2", "stream1"), default="stream2")
     p.add_argument("--max-age", type=float, default=2.0, help="skip frames waiting longer than this (s)")
     p.add_argument("--hits-per-cxi", type=int, default=100)
+    p.add_argument("--device", default="auto",
+                   help="peak network device with --finder network: auto (a GPU when present), cpu, cuda[:N]")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from .run import live
 
     try:
         summary = live(args.connect, args.models, args.out, args.workers, args.geometry, args.finder, args.http,
-                       args.channel, args.protocol, args.max_age, args.hits_per_cxi)
+                       args.channel, args.protocol, args.max_age, args.hits_per_cxi, device=args.device)
     except (ValueError, OSError) as exc:
         print(f"cxlspeaks live: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -25,7 +25,8 @@ def live(connect: str, models: str | Path, out: str | Path, workers: int = 2, ge
          finder: str = "peakfinder8", http: str | None = None, channel: str = "threshold_1",
          protocol: str = "stream2", max_age_s: float = 2.0, hits_per_cxi: int = 100,
          heartbeat_timeout_s: float = 10.0, stop_after_end: bool = True, max_seconds: float | None = None,
-         ready: "mp.Event | None" = None, threads_per_worker: int = 1, prefault_mb: int = 512) -> dict:
+         ready: "mp.Event | None" = None, threads_per_worker: int = 1, prefault_mb: int = 512,
+         device: str = "auto") -> dict:
     """Run the live analysis; returns the summary (also RUN_DIR/summary.json).
 
     Args:
@@ -37,6 +38,8 @@ def live(connect: str, models: str | Path, out: str | Path, workers: int = 2, ge
         http: ``HOST:PORT`` of the web monitor (None: none).
         max_age_s: a frame waiting longer than this in a worker is skipped (s).
         ready: set once every worker is connected (tests, benchmarks).
+        device: where the peak network runs (``finder="network"``): "auto" (a GPU when torch sees one, else
+            the CPU), "cpu" or "cuda[:N]"; on a GPU through :class:`~cxlspeaks.peaks.batched.BatchedPeakPipeline`.
         prefault_mb: memory each worker touches (and keeps) before it connects, so that building a detector's
             look-up tables and each frame's buffers reuse pages instead of faulting in new ones
             (:func:`~cxlspeaks.live.workers.keep_memory`).
@@ -51,6 +54,8 @@ def live(connect: str, models: str | Path, out: str | Path, workers: int = 2, ge
         raise ValueError(f"unknown protocol {protocol!r} (stream2 or stream1)")
     if finder not in ("peakfinder8", "network"):
         raise ValueError(f"unknown finder {finder!r} (network or peakfinder8)")
+    if device != "auto" and device != "cpu" and not str(device).startswith("cuda"):
+        raise ValueError(f"unknown device {device!r} (auto, cpu or cuda[:N])")
     geometry_obj = None
     if geometry is not None:
         from ..geometry import read_geometry
@@ -65,7 +70,7 @@ def live(connect: str, models: str | Path, out: str | Path, workers: int = 2, ge
     config = {"connect": connect, "protocol": protocol, "channel": channel, "models": str(models),
               "geometry": str(geometry) if geometry else None, "finder": finder, "max_age_s": max_age_s,
               "collector": f"tcp://127.0.0.1:{port}", "control": f"tcp://127.0.0.1:{control_port}",
-              "threads": threads_per_worker, "prefault_mb": prefault_mb}
+              "threads": threads_per_worker, "prefault_mb": prefault_mb, "device": device}
     spawn = mp.get_context("spawn")
     procs = {i: spawn.Process(target=worker_main, args=(i, config), daemon=True, name=f"cxlspeaks-worker-{i}")
              for i in range(workers)}

@@ -49,7 +49,10 @@ class FrameScorer:
     """
 
     def __init__(self, models: str | Path, finder: str = "peakfinder8", threshold: float = 0.5,
-                 threads: int = 1):
+                 threads: int = 1, peak_device: str | None = None):
+        """``peak_device``: None runs the peak network with :class:`~cxlspeaks.peaks.network.NetworkPeakFinder`
+        on this process's CPU threads; a torch device ("cuda", "cuda:1", "cpu") runs it through
+        :class:`~cxlspeaks.peaks.batched.BatchedPeakPipeline` there (float16 on CUDA), the same peaks."""
         import torch
 
         from ..pipeline import FramePredictor
@@ -59,10 +62,18 @@ class FrameScorer:
         models = Path(models)
         self.predictor = FramePredictor({a: models / a / "checkpoint.pt" for a in ATTRIBUTES}, threshold)
         self.live = LivePredictor(self.predictor)
-        if finder == "network":
+        if finder == "network" and peak_device is not None:
+            from ..peaks.batched import BatchedPeakPipeline
+
+            dtype = "float16" if str(peak_device).startswith("cuda") else "float32"
+            self._batched = BatchedPeakPipeline(models / "peaks" / "checkpoint.pt", device=peak_device, dtype=dtype,
+                                                batch_size=1, decode_threads=1)
+            self._network_find = lambda counts, good: self._batched.find(counts[None], good)[0]
+        elif finder == "network":
             from ..peaks.network import NetworkPeakFinder
 
             self.network = NetworkPeakFinder(models / "peaks" / "checkpoint.pt", threads=threads)
+            self._network_find = self.network.find
         elif finder != "peakfinder8":
             raise ValueError(f"unknown finder {finder!r} (network or peakfinder8)")
         self.finder = finder
@@ -94,10 +105,10 @@ class FrameScorer:
 
         binned_mask, pf8 = self._prepare(geometry, frame.good)
         binned = binned_frames(frame.counts[None], frame.good, self.predictor.bin_factor)
-        row = self.predictor.predict(binned, binned_mask).iloc[0].to_dict()
+        row = self.predictor.predict(binned, binned_mask, geometry=geometry).iloc[0].to_dict()
         peaks = None
         if row["is_hit"]:
-            peaks = pf8.find(frame.counts) if pf8 is not None else self.network.find(frame.counts, frame.good)
+            peaks = pf8.find(frame.counts) if pf8 is not None else self._network_find(frame.counts, frame.good)
         row["n_peaks"] = len(peaks) if peaks is not None else np.nan
         row["n_saturated"] = frame.n_saturated
         row["is_hit"] = bool(row["is_hit"])
@@ -162,7 +173,7 @@ class FrameScorer:
             elif pf8 is not None:
                 peaks = pf8.find(raw.astype(np.float32))
             else:
-                peaks = self.network.find(raw.astype(np.float32), static_good)
+                peaks = self._network_find(raw.astype(np.float32), static_good)
         row["n_peaks"] = len(peaks) if peaks is not None else np.nan
         row["n_saturated"] = n_saturated
         return row, peaks
@@ -210,6 +221,22 @@ def _as_sent(encoded, raw: np.ndarray):
     return raw
 
 
+def peak_device(device: str) -> str | None:
+    """The torch device of the peak network for ``--device``: "auto" is CUDA when torch sees a GPU, else None
+    (the CPU finder); "cpu" is None; "cuda" (or "cuda:N") must exist (ValueError otherwise)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else None
+    if device == "cpu":
+        return None
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: torch sees no CUDA device here")
+        return device
+    raise ValueError(f"unknown device {device!r} (auto, cpu or cuda[:N])")
+
+
 def worker_main(index: int, config: dict) -> None:
     """Entry point of worker ``index`` (a spawned process). ``config``: connect, protocol, channel, collector,
     control, models, geometry (path or None), finder, max_age_s, heartbeat_s, threads."""
@@ -223,7 +250,8 @@ def worker_main(index: int, config: dict) -> None:
     send = out.send_pyobj
     keep_memory(config.get("prefault_mb", 512))
     try:
-        scorer = FrameScorer(config["models"], config["finder"], threads=config.get("threads", 1))
+        scorer = FrameScorer(config["models"], config["finder"], threads=config.get("threads", 1),
+                             peak_device=peak_device(config.get("device", "auto")))
         geometry_file = None
         if config.get("geometry"):
             from ..geometry import read_geometry
