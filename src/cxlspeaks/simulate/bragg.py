@@ -55,14 +55,14 @@ from ..constants import CLASSICAL_ELECTRON_RADIUS_M, FWHM_PER_SIGMA
 from ..crystal import Crystal
 from ..geometry import Geometry, polarisation_factor
 from .beam import Beam
-from .profile import (DEFAULT_NODES, Spectrum, core_width, excitation_error, profile_density, shape_coefficients,
+from .profile import (CORE_WIDTHS, DEFAULT_NODES, SIDE_NODES, Spectrum, core_width, excitation_error, profile_density, shape_coefficients,
                       slice_offset, wavelength_nodes)
 
 PEAK_COLUMNS = ("fs", "ss", "photons", "photons_total", "h", "k", "l", "wavelength_A", "partiality", "panel")
 #: Sub-spots a long streak is drawn with (thirds of its photons along the wavelength).
 STREAK_PARTS = 3
 #: Wavelength nodes of reflections excited by the smooth 1/s^2 tail alone (band > 30 core widths away).
-TAIL_NODES = 12
+TAIL_NODES = 16
 
 
 @dataclass(frozen=True)
@@ -179,33 +179,42 @@ class BraggSimulator:
         return table
 
     def _excited(self, astar: np.ndarray) -> tuple[pd.DataFrame, dict]:
-        beam, sample = self.beam, self.sample
-        lam0 = beam.wavelength_m
         g_all = self._hkl @ astar.T                                                   # (N, 3), 1/m
         sel, width, s_near = self._candidates(g_all, astar)
-        g = g_all[sel]
+        core = s_near < CORE_WIDTHS * width      # the band reaches the core window: resolve the core
+        groups = [self._integrate(astar, sel[rows], g_all[sel[rows]], width[rows], n_core, n_side)
+                  for rows, n_core, n_side in ((core, self.n_nodes, SIDE_NODES), (~core, 0, TAIL_NODES))]
+        n_nodes = max(grp["fs"].shape[1] for grp in groups)
+        nodes = {key: np.concatenate([_pad(grp[key], n_nodes) for grp in groups]) for key in ("fs", "ss")}
+        nodes["weight"] = np.concatenate([np.pad(grp["weight"], ((0, 0), (0, n_nodes - grp["weight"].shape[1])))
+                                          for grp in groups])
+        table = pd.concat([grp["table"] for grp in groups], ignore_index=True)
+        return table, nodes
+
+    def _integrate(self, astar, sel, g, width, n_core, n_side) -> dict:
+        """Photons, spot centres and node positions of the reflections ``sel`` (rows of g) over K nodes."""
+        beam, sample = self.beam, self.sample
         g2 = np.einsum("ij,ij->i", g, g)
-        eta = sample.mosaicity_rad / FWHM_PER_SIGMA
-        s, k, eps, weight_s, deps_ds = self._nodes(g, width, s_near)
-        k_out = g[:, None, :] + k[..., None] * np.array([0.0, 0.0, 1.0])             # (N, K, 3)
-        normals = k_out / np.linalg.norm(k_out, axis=-1, keepdims=True)
+        s, k, eps, weight_s, deps_ds = wavelength_nodes(g, beam.wavelength_m, self.spectrum, width, n_core,
+                                                        n_side)
+        normals = g[:, None, :] + k[..., None] * np.array([0.0, 0.0, 1.0])            # (N, K, 3)
+        normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
         shape = shape_coefficients(normals, astar, sample.size_m)
         cos_theta = np.sqrt(np.clip(1 - g2[:, None] / (4 * k * k), 0, 1))
-        sigma_m = np.sqrt(g2)[:, None] * eta * cos_theta
+        sigma_m = np.sqrt(g2)[:, None] * (sample.mosaicity_rad / FWHM_PER_SIGMA) * cos_theta
         profile = profile_density(s, shape, sigma_m)
         overlap = weight_s * self.spectrum.density(eps) * profile                      # S p ds
+        overlap = np.where(np.isfinite(overlap) & (overlap > 0), overlap, 0.0)
         # the slice's centroid: the foot point g - s n on the sphere plus the in-plane offset of L(q - g) on the
         # plane q - g = -s n + q_perp (offset at -s: the profile is even, the offset odd in s)
         k_out = k[..., None] * normals + slice_offset(-s, normals, astar, sample.size_m, profile, sigma_m)
-        overlap = np.where(np.isfinite(overlap) & (overlap > 0), overlap, 0.0)
         lam = 1.0 / k
         w = overlap * deps_ds * lam ** 2 * polarisation_factor(k_out, beam.polarisation_fraction)
-        photons = self._scale * self.crystal.intensity[sel] * w.sum(axis=1)
-        wsum = np.where(w.sum(axis=1) > 0, w.sum(axis=1), 1.0)
-        mean_dir = np.einsum("nk,nkj->nj", w, k_out) / wsum[:, None]
-        _, _, panel = self.geometry.ray_to_pixel(mean_dir)
-        keep = (panel >= 0) & (photons >= self.min_photons)
-        idx = np.flatnonzero(keep)
+        wsum = w.sum(axis=1)
+        photons = self._scale * self.crystal.intensity[sel] * wsum
+        wsum = np.where(wsum > 0, wsum, 1.0)
+        _, _, panel = self.geometry.ray_to_pixel(np.einsum("nk,nkj->nj", w, k_out) / wsum[:, None])
+        idx = np.flatnonzero((panel >= 0) & (photons >= self.min_photons))
         panel = panel[idx]
         node_fs, node_ss = self._on_panel(k_out[idx], panel)
         wk = w[idx] / wsum[idx, None]
@@ -219,25 +228,7 @@ class BraggSimulator:
             "partiality": overlap[idx].sum(axis=1) * beam.bandwidth,
             "panel": panel, "distance_m": self._distance_to_spot_m(fs, ss),
         })
-        return table, {"fs": node_fs, "ss": node_ss, "weight": wk}
-
-    def _nodes(self, g: np.ndarray, width: np.ndarray, s_near: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Wavelength nodes: ``n_nodes`` for reflections whose band reaches within 30 core widths of the core,
-        ``TAIL_NODES`` (zero-weight padded) for those excited by the smooth tail alone."""
-        lam0 = self.beam.wavelength_m
-        core = s_near < 30 * width
-        out = [np.zeros((len(g), self.n_nodes)) for _ in range(5)]
-        out[1][:] = 1.0 / lam0
-        out[4][:] = 1.0
-        for rows, n_nodes in ((core, self.n_nodes), (~core, TAIL_NODES)):
-            if rows.any():
-                parts = wavelength_nodes(g[rows], lam0, self.spectrum, width[rows], n_nodes)
-                for arr, part in zip(out, parts):
-                    arr[np.ix_(rows, np.arange(n_nodes))] = part
-        for arr in out[:4]:                       # padding nodes repeat the last node (weight 0)
-            arr[~core, TAIL_NODES:] = arr[~core, TAIL_NODES - 1:TAIL_NODES]
-        out[3][~core, TAIL_NODES:] = 0.0
-        return tuple(out)
+        return {"table": table, "fs": node_fs, "ss": node_ss, "weight": wk}
 
     def _on_panel(self, k_out: np.ndarray, panel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw (fs, ss) where rays along ``k_out`` (N, K, 3) meet the plane of each row's panel (N,)."""
@@ -363,6 +354,15 @@ def laue_integrated_photons(fluence_per_m2, polarisation, f2, crystal_volume_m3,
     """
     return (fluence_per_m2 * CLASSICAL_ELECTRON_RADIUS_M ** 2 * polarisation * f2 * crystal_volume_m3
             * wavelength_m ** 3 * spectral_overlap / (2 * cell_volume_m3 ** 2 * sin2_theta))
+
+
+def _pad(nodes: np.ndarray, n: int) -> np.ndarray:
+    """Pad (N, K) node values to (N, n) by repeating the last column (padded weights are then set to zero)."""
+    if nodes.shape[1] == n:
+        return nodes
+    out = np.repeat(nodes[:, -1:], n, axis=1)
+    out[:, :nodes.shape[1]] = nodes
+    return out
 
 
 def _pixel_integrals(pixel_index: np.ndarray, centre: np.ndarray, sigma: np.ndarray) -> np.ndarray:
