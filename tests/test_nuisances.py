@@ -314,3 +314,26 @@ def test_a_dataset_overlays_single_nuisances_on_the_defaults():
               "datasets": {"a": {"photon_energy_ev": 7000.0, "clen_m": 0.2, "nuisances": {"ice_fraction": 0.5}}}}
     n = dataset_settings(config, "a").nuisances
     assert (n.pulse_sigma, n.ice_fraction) == (0.1, 0.5)
+
+
+def test_a_spectrum_file_goes_with_spectrum_table_and_must_exist(tmp_path):
+    with pytest.raises(ValueError, match="spectrum_file: a spectrum file goes with spectrum: table"):
+        DatasetSettings(name="x", photon_energy_ev=6000.0, clen_m=0.15, spectrum_file="s.csv")
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config["datasets"]["01"].update(spectrum="table", spectrum_file="no/such/spectrum.csv")
+    with pytest.raises(config_checks.ConfigError, match="datasets.01.spectrum_file: no/such/spectrum.csv does not"):
+        config_checks.check_config(config, SCHEMA, [REPO / "config" / "test.yaml"], REPO,
+                                   config_checks.snakemake_fill_defaults(SCHEMA))
+
+
+def test_a_spectrum_file_becomes_the_beams_table(tmp_path):
+    from cxlspeaks.simulate import beam
+
+    if "table" not in beam.SPECTRA:
+        pytest.skip("this Beam has no table spectra")
+    path = tmp_path / "spectrum.csv"
+    path.write_text("energy_ev,weight\n5940,0\n6000,1\n6060,0\n")
+    settings = DatasetSettings(name="x", photon_energy_ev=6000.0, clen_m=0.15, spectrum="table",
+                               spectrum_file=str(path), spectrum_file_units="ev")
+    assert settings.beam.spectrum == "table" and settings.beam.spectrum_table[1] == (6000.0, 1.0)
+    assert DatasetSettings(**settings.to_dict()) == settings
