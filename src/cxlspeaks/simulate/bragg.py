@@ -31,8 +31,9 @@ eps = lambda / lambda_0 - 1 (the spectrum S(eps), integral 1; :mod:`cxlspeaks.si
 * Footprint: each spot is a 2-D Gaussian of standard deviation sqrt(sigma_psf^2 + (D res sigma_div)^2) pixels
   (D the crystal-to-spot distance, sigma_div = divergence FWHM / 2.3548), integrated exactly over each pixel with
   the error function and normalised to N_hkl over its box. A streak longer than ``streak_split_px`` (standard
-  deviation) is drawn as three Gaussians, one per third of its photons along the wavelength, each widened by the
-  spread within its third; a shorter one as one Gaussian widened by the streak's variance. Pixels in gaps or
+  deviation) on a spot of at least ``streak_min_photons`` is drawn as three Gaussians, one per third of its
+  photons along the wavelength, each widened by the spread within its third; other spots as one Gaussian widened
+  by the streak's variance (centre and photons exact either way). Pixels in gaps or
   outside the spot's panel record nothing, so a peak's detected photons can be below N_hkl.
 * Reflections are kept when an upper bound of their photons (the profile's tail bound at the nearest
   excitation error in the band) reaches ``min_photons``; those left out carry less than that each.
@@ -102,13 +103,14 @@ class BraggFrame:
 class BraggSimulator:
     """Vectorised Bragg simulator for one geometry, crystal, beam and sample (module docstring, PHYSICS.md).
 
-    ``n_nodes``: wavelength nodes per reflection; ``min_photons``: reflections whose photon bound is below it are
-    left out; ``streak_split_px``: streaks with a larger standard deviation (pixels) are drawn as sub-spots.
+    ``n_nodes``: wavelength nodes in a reflection's core window; ``min_photons``: reflections whose photon bound
+    is below it are left out; ``streak_split_px``, ``streak_min_photons``: streaks with a larger standard
+    deviation (pixels) on spots of at least that many photons are drawn as sub-spots.
     """
 
     def __init__(self, geometry: Geometry, crystal: Crystal, beam: Beam, sample: CrystalSample = CrystalSample(),
                  spot_sigma_px: float = 0.5, box_sigmas: float = 4.0, min_photons: float = 1e-3,
-                 n_nodes: int = DEFAULT_NODES, streak_split_px: float = 0.5):
+                 n_nodes: int = DEFAULT_NODES, streak_split_px: float = 0.5, streak_min_photons: float = 1.0):
         if not spot_sigma_px > 0:
             raise ValueError(f"spot_sigma_px must be positive, got {spot_sigma_px}")
         if not min_photons > 0:
@@ -124,6 +126,7 @@ class BraggSimulator:
         self.min_photons = min_photons
         self.n_nodes = int(n_nodes)
         self.streak_split_px = streak_split_px
+        self.streak_min_photons = streak_min_photons
         self.spectrum = Spectrum.from_beam(beam)
         self._hkl = crystal.hkl.astype(np.float64)
         self._mask_flat = geometry.mask.ravel()
@@ -207,7 +210,7 @@ class BraggSimulator:
         overlap = np.where(np.isfinite(overlap) & (overlap > 0), overlap, 0.0)
         # the slice's centroid: the foot point g - s n on the sphere plus the in-plane offset of L(q - g) on the
         # plane q - g = -s n + q_perp (offset at -s: the profile is even, the offset odd in s)
-        k_out = k[..., None] * normals + slice_offset(-s, normals, astar, sample.size_m, profile, sigma_m)
+        k_out = k[..., None] * normals + slice_offset(-s, normals, astar, shape, profile, sigma_m)
         lam = 1.0 / k
         w = overlap * deps_ds * lam ** 2 * polarisation_factor(k_out, beam.polarisation_fraction)
         wsum = w.sum(axis=1)
@@ -261,7 +264,7 @@ class BraggSimulator:
         var = (w * ((nfs - fs_c[:, None]) ** 2 + (nss - ss_c[:, None]) ** 2)).sum(axis=1)
         base = self.spot_sigma_for(table["distance_m"].to_numpy(), self._panel_res[table["panel"].to_numpy()])
         total = table["photons_total"].to_numpy()
-        split = np.sqrt(var) > self.streak_split_px
+        split = (np.sqrt(var) > self.streak_split_px) & (total >= self.streak_min_photons)
         rows = [np.flatnonzero(~split)]
         fs = [fs_c[~split]]
         ss = [ss_c[~split]]

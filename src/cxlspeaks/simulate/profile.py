@@ -67,6 +67,9 @@ class ShapeCoefficients:
     e2: np.ndarray
     e3: np.ndarray
     t_max: np.ndarray
+    c: np.ndarray | None = None          # (..., 3) the c_i themselves
+    signed: np.ndarray | None = None     # (..., 3) n . a_i* |a_i| / edge (c_i with their sign)
+    axis_scale: np.ndarray | None = None  # (3,) |a_i| / edge (1/cells along each axis)
 
 
 def shape_coefficients(normals: np.ndarray, astar_bstar_cstar: np.ndarray, edge_m: float) -> ShapeCoefficients:
@@ -74,11 +77,11 @@ def shape_coefficients(normals: np.ndarray, astar_bstar_cstar: np.ndarray, edge_
     columns a*, b*, c*, 1/m): a crystal with edges of length ``edge_m`` along a, b, c."""
     astar = np.asarray(astar_bstar_cstar, dtype=float)
     real_lengths = np.linalg.norm(np.linalg.inv(astar).T, axis=0)                   # |a|, |b|, |c| (m)
-    c = np.abs(normals @ astar) * (real_lengths / edge_m)                          # (..., 3), 1/m
-    e1 = c.sum(axis=-1)
-    e2 = c[..., 0] * c[..., 1] + c[..., 0] * c[..., 2] + c[..., 1] * c[..., 2]
-    e3 = c.prod(axis=-1)
-    return ShapeCoefficients(e1, e2, e3, 1.0 / c.max(axis=-1))
+    signed = (normals @ astar) * (real_lengths / edge_m)                           # (..., 3), 1/m
+    c = np.abs(signed)
+    c0, c1, c2 = c[..., 0], c[..., 1], c[..., 2]
+    return ShapeCoefficients(c0 + c1 + c2, c0 * c1 + c0 * c2 + c1 * c2, c0 * c1 * c2,
+                             1.0 / np.maximum(np.maximum(c0, c1), c2), c, signed, real_lengths / edge_m)
 
 
 def _fade(x: np.ndarray) -> np.ndarray:
@@ -104,29 +107,32 @@ def profile_density(s: np.ndarray, shape: ShapeCoefficients, sigma_mosaic: np.nd
 
 
 def _cubic_cosine_transform(x: np.ndarray, beta: list[np.ndarray]) -> np.ndarray:
-    """int_0^1 beta(tau) cos(x tau) d tau for the cubic beta with beta(1) = 0 (closed form; series near 0)."""
-    out = np.empty_like(x)
+    """int_0^1 beta(tau) cos(x tau) d tau for the cubic beta with beta(1) = 0 (closed form; series near 0;
+    beyond the fade, where no fringe is left, the smooth part alone)."""
+    b0, b1, b2, b3 = (np.broadcast_to(b, x.shape) for b in beta)
+    ax = np.maximum(np.abs(x), _SERIES_X)
+    x2 = ax * ax
+    out = -b1 / x2 + 6 * b3 / (x2 * x2)                          # smooth part (even in x)
+    ringing = np.abs(x) < 2 * FRINGE_FADE_START
+    big = ringing & (np.abs(x) >= _SERIES_X)
+    if big.any():
+        xb = x[big]
+        c1, c2, c3 = b1[big], b2[big], b3[big]
+        cos_x, sin_x = np.cos(xb), np.sin(xb)
+        xb2 = xb * xb
+        fringes = ((c1 + 2 * c2 + 3 * c3) * cos_x / xb2 - (2 * c2 + 6 * c3) * sin_x / (xb2 * xb)
+                   - 6 * c3 * cos_x / (xb2 * xb2))
+        out[big] += _fade(xb) * fringes
     small = np.abs(x) < _SERIES_X
     if small.any():
         xs = x[small]
         total = np.zeros_like(xs)
         term = np.ones_like(xs)                                   # (-1)^j x^(2j) / (2j)!
+        coeffs = [b0[small], b1[small], b2[small], b3[small]]
         for j in range(_SERIES_TERMS):
-            total += term * sum(beta[m][small] / (m + 2 * j + 1) for m in range(4))
+            total += term * sum(coeffs[m] / (m + 2 * j + 1) for m in range(4))
             term = -term * xs * xs / ((2 * j + 1) * (2 * j + 2))
         out[small] = total
-    big = ~small
-    if big.any():
-        xb = x[big]
-        b1, b2, b3 = beta[1][big], beta[2][big], beta[3][big]
-        d1_end = b1 + 2 * b2 + 3 * b3                              # beta'(1)
-        d2_end = 2 * b2 + 6 * b3                                   # beta''(1)
-        d3 = 6 * b3
-        cos_x, sin_x = np.cos(xb), np.sin(xb)
-        x2 = xb * xb
-        smooth = -b1 / x2 + d3 / (x2 * x2)
-        fringes = d1_end * cos_x / x2 - d2_end * sin_x / (x2 * xb) - d3 * cos_x / (x2 * x2)
-        out[big] = smooth + _fade(xb) * fringes
     return out
 
 
@@ -159,28 +165,30 @@ def _mosaic_transform(x: np.ndarray, coeffs: list[np.ndarray], alpha: np.ndarray
 
 def _quadratic_sine_transform(x: np.ndarray, rho: list[np.ndarray]) -> np.ndarray:
     """int_0^1 rho(tau) sin(x tau) d tau for a quadratic rho (closed form, series near 0, fringes faded)."""
-    out = np.empty_like(x)
+    r0, r1, r2 = (np.broadcast_to(r, x.shape) for r in rho)
+    xs_safe = np.where(np.abs(x) < _SERIES_X, _SERIES_X, x)
+    out = r0 / xs_safe - 2 * r2 / xs_safe ** 3                   # smooth part (odd in x)
+    big = (np.abs(x) < 2 * FRINGE_FADE_START) & (np.abs(x) >= _SERIES_X)
+    if big.any():
+        xb = x[big]
+        c0, c1, c2 = r0[big], r1[big], r2[big]
+        cos_x, sin_x = np.cos(xb), np.sin(xb)
+        fringes = -(c0 + c1 + c2) * cos_x / xb + (c1 + 2 * c2) * sin_x / xb ** 2 + 2 * c2 * cos_x / xb ** 3
+        out[big] += _fade(xb) * fringes
     small = np.abs(x) < _SERIES_X
     if small.any():
         xs = x[small]
         total = np.zeros_like(xs)
         term = xs.copy()                                          # (-1)^j x^(2j+1) / (2j+1)!
+        coeffs = [r0[small], r1[small], r2[small]]
         for j in range(_SERIES_TERMS):
-            total += term * sum(rho[m][small] / (m + 2 * j + 2) for m in range(3))
+            total += term * sum(coeffs[m] / (m + 2 * j + 2) for m in range(3))
             term = -term * xs * xs / ((2 * j + 2) * (2 * j + 3))
         out[small] = total
-    big = ~small
-    if big.any():
-        xb = x[big]
-        r0, r1, r2 = rho[0][big], rho[1][big], rho[2][big]
-        cos_x, sin_x = np.cos(xb), np.sin(xb)
-        smooth = r0 / xb - 2 * r2 / xb ** 3
-        fringes = -(r0 + r1 + r2) * cos_x / xb + (r1 + 2 * r2) * sin_x / xb ** 2 + 2 * r2 * cos_x / xb ** 3
-        out[big] = smooth + _fade(xb) * fringes
     return out
 
 
-def slice_offset(s: np.ndarray, normals: np.ndarray, astar_bstar_cstar: np.ndarray, edge_m: float,
+def slice_offset(s: np.ndarray, normals: np.ndarray, astar_bstar_cstar: np.ndarray, shape: ShapeCoefficients,
                  profile: np.ndarray, sigma_mosaic: np.ndarray | float = 0.0) -> np.ndarray:
     """Centroid of the lattice transform on the plane at distance s from g, relative to the foot point (1/m,
     (..., 3), perpendicular to n).
@@ -190,18 +198,27 @@ def slice_offset(s: np.ndarray, normals: np.ndarray, astar_bstar_cstar: np.ndarr
     d_i = sign(n . a_i*) a_i* |a_i| / edge, so the offset is sum_i (d_i - c_i n) J_i / (pi p(s)),
     J_i = int_0^T prod_(j != i) (1 - c_j t) sin(2 pi s t) dt. Zero for a cube face-on; in the far tails it tends
     to s sum_i (d_i - c_i n) / e_1: the truncation rods of the faces cross the sphere beside the foot point.
-    ``profile``: p(s) from :func:`profile_density` with the same arguments.
+    ``shape`` from :func:`shape_coefficients` and ``profile`` from :func:`profile_density`, for the same normals.
     """
     astar = np.asarray(astar_bstar_cstar, dtype=float)
-    real_lengths = np.linalg.norm(np.linalg.inv(astar).T, axis=0)
-    proj = normals @ astar                                                           # (..., 3): n . a_i*
-    c = np.abs(proj) * (real_lengths / edge_m)
-    t_max = 1.0 / c.max(axis=-1)
+    c, t_max = shape.c, shape.t_max
     x = 2 * np.pi * s * t_max
     sigma = np.broadcast_to(np.asarray(sigma_mosaic, dtype=float), s.shape)
     alpha = 2 * np.pi ** 2 * (sigma * t_max) ** 2
     mosaic = bool(np.any(sigma > 0))
-    offset = np.zeros(s.shape + (3,))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = t_max / (np.pi * profile)
+    weights = np.empty(s.shape + (3,))                            # J_i / (pi p), per axis
+    if not mosaic and np.all(np.abs(x) >= 2 * FRINGE_FADE_START):   # all faded: J_i = T (1/x - 2 rho_2 / x^3)
+        inv_x = 1.0 / x
+        inv_x3 = inv_x ** 3
+        tt = t_max * t_max
+        for i in range(3):
+            j, k = [m for m in range(3) if m != i]
+            weights[..., i] = (inv_x - 2 * c[..., j] * c[..., k] * tt * inv_x3) * scale
+        offset = ((weights * np.sign(shape.signed) * shape.axis_scale) @ astar.T
+                  - (weights * c).sum(axis=-1)[..., None] * normals)
+        return np.where(np.isfinite(offset), offset, 0.0)
     for i in range(3):
         j, k = [m for m in range(3) if m != i]
         rho = [np.ones_like(s), -(c[..., j] + c[..., k]) * t_max, c[..., j] * c[..., k] * t_max ** 2]
@@ -209,11 +226,10 @@ def slice_offset(s: np.ndarray, normals: np.ndarray, astar_bstar_cstar: np.ndarr
             transform = _mosaic_transform(x, rho, alpha, sine=True)
         else:
             transform = _quadratic_sine_transform(x, rho)
-        d = np.sign(proj[..., i])[..., None] * astar[:, i] * (real_lengths[i] / edge_m)
-        d_perp = d - c[..., i, None] * normals
-        offset += d_perp * (t_max * transform)[..., None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        offset /= (np.pi * profile)[..., None]
+        weights[..., i] = transform * scale
+    # sum_i w_i (d_i - c_i n) = (w sign(n . a_i*) |a_i| / edge) A*^T - (sum_i w_i c_i) n
+    offset = ((weights * np.sign(shape.signed) * shape.axis_scale) @ astar.T
+              - (weights * c).sum(axis=-1)[..., None] * normals)
     return np.where(np.isfinite(offset), offset, 0.0)
 
 
