@@ -257,15 +257,18 @@ def test_spectrum_csv_is_read_with_or_without_a_header(tmp_path):
 
 
 # ---------------------------------------------------------------------- streaks
-def test_a_wide_spectrum_streaks_the_spot_radially():
+@pytest.mark.parametrize("streak_min_photons", [0.0, math.inf])
+def test_a_wide_spectrum_streaks_the_spot_radially(streak_min_photons):
     """5 % Gaussian spectrum, 1 um crystal, (5, 3, -2) at 0.15 m: the profile spans ~1 % in wavelength, so the
     photons spread along the radius; the drawn spot's radial second moment exceeds the footprint's by the
-    brute-force radial spread (within 25 %), far more than across; its centre and photons stay exact."""
+    brute-force radial spread (within 25 %), far more than across; its centre and photons stay exact. Drawn as
+    three sub-spots, or (inf) as one Gaussian widened along fs and ss (at 17 degrees from fs: 84 % of it)."""
     beam = Beam(6000.0, bandwidth=0.05, spectrum="gaussian", divergence_rad=0.0)
     crystal, astar = _one_reflection((5, 3, -2), 0.0, 0.3, beam)
     geometry = source_single_panel_geometry(0.15)
     panel = geometry.panels[0]
-    sim = BraggSimulator(geometry, crystal, beam, CrystalSample(1e-6))
+    sim = BraggSimulator(geometry, crystal, beam, CrystalSample(1e-6),
+                         streak_min_photons=streak_min_photons)
     table, nodes = sim._excited(astar)
     image, _ = sim.render(table, nodes)
     fs0, ss0 = table.loc[0, ["fs", "ss"]]

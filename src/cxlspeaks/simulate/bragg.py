@@ -33,7 +33,7 @@ eps = lambda / lambda_0 - 1 (the spectrum S(eps), integral 1; :mod:`cxlspeaks.si
   the error function and normalised to N_hkl over its box. A streak longer than ``streak_split_px`` (standard
   deviation) on a spot of at least ``streak_min_photons`` is drawn as three Gaussians, one per third of its
   photons along the wavelength, each widened by the spread within its third; other spots as one Gaussian widened
-  by the streak's variance (centre and photons exact either way). Pixels in gaps or
+  along fs and ss by the streak's variance along each (centre and photons exact either way). Pixels in gaps or
   outside the spot's panel record nothing, so a peak's detected photons can be below N_hkl.
 * Reflections are kept when an upper bound of their photons (the profile's tail bound at the nearest
   excitation error in the band) reaches ``min_photons``; those left out carry less than that each.
@@ -257,38 +257,36 @@ class BraggSimulator:
         return np.sqrt(self.spot_sigma_px ** 2 + (distance_m * res * div_sigma) ** 2)
 
     def _sub_spots(self, table: pd.DataFrame, nodes: dict) -> tuple[np.ndarray, ...]:
-        """Gaussians that draw each spot: (row, fs, ss, photons, sigma) with the streak split or folded in."""
-        n = len(table)
+        """Gaussians that draw each spot: (row, fs, ss, photons, sigma_fs, sigma_ss), the streak split into
+        thirds or folded into the widths along fs and ss (footprint^2 + the photons' variance along each)."""
         fs_c, ss_c = table["fs"].to_numpy(), table["ss"].to_numpy()
         w, nfs, nss = nodes["weight"], nodes["fs"], nodes["ss"]
-        var = (w * ((nfs - fs_c[:, None]) ** 2 + (nss - ss_c[:, None]) ** 2)).sum(axis=1)
-        base = self.spot_sigma_for(table["distance_m"].to_numpy(), self._panel_res[table["panel"].to_numpy()])
+        var_fs = (w * (nfs - fs_c[:, None]) ** 2).sum(axis=1)
+        var_ss = (w * (nss - ss_c[:, None]) ** 2).sum(axis=1)
+        base2 = self.spot_sigma_for(table["distance_m"].to_numpy(),
+                                    self._panel_res[table["panel"].to_numpy()]) ** 2
         total = table["photons_total"].to_numpy()
-        split = (np.sqrt(var) > self.streak_split_px) & (total >= self.streak_min_photons)
-        rows = [np.flatnonzero(~split)]
-        fs = [fs_c[~split]]
-        ss = [ss_c[~split]]
-        photons = [total[~split]]
-        sigma = [np.sqrt(base[~split] ** 2 + var[~split] / 2)]
+        split = (np.sqrt(var_fs + var_ss) > self.streak_split_px) & (total >= self.streak_min_photons)
+        keep = ~split
+        parts = [(np.flatnonzero(keep), fs_c[keep], ss_c[keep], total[keep], np.sqrt(base2[keep] + var_fs[keep]),
+                  np.sqrt(base2[keep] + var_ss[keep]))]
         if split.any():
             ws, fss, sss = w[split], nfs[split], nss[split]
             cum = np.cumsum(ws, axis=1) - 0.5 * ws
-            part = np.minimum((cum * STREAK_PARTS).astype(int), STREAK_PARTS - 1)
+            third = np.minimum((cum * STREAK_PARTS).astype(int), STREAK_PARTS - 1)
             for j in range(STREAK_PARTS):
-                wj = np.where(part == j, ws, 0.0)
+                wj = np.where(third == j, ws, 0.0)
                 mass = wj.sum(axis=1)
                 ok = mass > 0
                 mj = np.where(ok, mass, 1.0)
                 fj = (wj * fss).sum(axis=1) / mj
                 sj = (wj * sss).sum(axis=1) / mj
-                vj = (wj * ((fss - fj[:, None]) ** 2 + (sss - sj[:, None]) ** 2)).sum(axis=1) / mj
-                rows.append(np.flatnonzero(split)[ok])
-                fs.append(fj[ok])
-                ss.append(sj[ok])
-                photons.append(total[split][ok] * mass[ok])
-                sigma.append(np.sqrt(base[split][ok] ** 2 + vj[ok] / 2))
-        out = [np.concatenate(a) for a in (rows, fs, ss, photons, sigma)]
-        return out[0].astype(np.int64), out[1], out[2], out[3], out[4]
+                vf = (wj * (fss - fj[:, None]) ** 2).sum(axis=1) / mj
+                vs = (wj * (sss - sj[:, None]) ** 2).sum(axis=1) / mj
+                parts.append((np.flatnonzero(split)[ok], fj[ok], sj[ok], total[split][ok] * mass[ok],
+                              np.sqrt(base2[split][ok] + vf[ok]), np.sqrt(base2[split][ok] + vs[ok])))
+        out = [np.concatenate([p[i] for p in parts]) for i in range(6)]
+        return (out[0].astype(np.int64),) + tuple(out[1:])
 
     def render(self, table: pd.DataFrame, nodes: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Expected-photon image of the spots in ``table`` and each spot's photons on good pixels.
@@ -302,28 +300,29 @@ class BraggSimulator:
         if nodes is None:
             nodes = {"fs": table["fs"].to_numpy()[:, None], "ss": table["ss"].to_numpy()[:, None],
                      "weight": np.ones((n, 1))}
-        row, fs, ss, photons, sigma = self._sub_spots(table, nodes)
+        row, fs, ss, photons, sigma_fs, sigma_ss = self._sub_spots(table, nodes)
         panel = table["panel"].to_numpy()[row]
-        half = np.ceil(self.box_sigmas * sigma).astype(np.int64)
+        half = np.ceil(self.box_sigmas * np.maximum(sigma_fs, sigma_ss)).astype(np.int64)
         pixels, values, on_good = [], [], np.zeros(len(row))
         for h in np.unique(half):                                   # one box size at a time
             m = np.flatnonzero(half == h)
-            pix, wts, on_good[m] = self._box_weights(fs[m], ss[m], sigma[m], photons[m], panel[m], int(h))
+            pix, wts, on_good[m] = self._box_weights(fs[m], ss[m], sigma_fs[m], sigma_ss[m], photons[m], panel[m],
+                                                     int(h))
             pixels.append(pix)
             values.append(wts)
         image = np.bincount(np.concatenate(pixels), weights=np.concatenate(values), minlength=n_ss * n_fs)
         detected = np.bincount(row, weights=on_good, minlength=n)
         return image.astype(np.float32).reshape(self._shape), detected
 
-    def _box_weights(self, fs, ss, sigma, photons, panel, half):
+    def _box_weights(self, fs, ss, sigma_fs, sigma_ss, photons, panel, half):
         """Photons of Gaussian spots in a (2 half + 1)^2 box: (flat pixel index, photons) of good pixels and each
         spot's photons on good pixels."""
         n_fs = self._shape[1]
         offsets = np.arange(-half, half + 1)
         fs_idx = np.rint(fs).astype(np.int64)[:, None] + offsets          # (m, B)
         ss_idx = np.rint(ss).astype(np.int64)[:, None] + offsets
-        w_fs = _pixel_integrals(fs_idx, fs, sigma)
-        w_ss = _pixel_integrals(ss_idx, ss, sigma)
+        w_fs = _pixel_integrals(fs_idx, fs, sigma_fs)
+        w_ss = _pixel_integrals(ss_idx, ss, sigma_ss)
         bounds = self._panel_bounds[panel]
         ok_fs = (fs_idx >= bounds[:, [0]]) & (fs_idx <= bounds[:, [1]])
         ok_ss = (ss_idx >= bounds[:, [2]]) & (ss_idx <= bounds[:, [3]])
