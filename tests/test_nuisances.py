@@ -164,6 +164,9 @@ def test_a_moved_beam_centre_moves_bragg_spots_and_water_by_the_recorded_offset(
     assert len(both) >= 5
     np.testing.assert_allclose(both["fs"] - both["fs_0"], dx, atol=1e-6)         # tiny: fs along x, ss along y
     np.testing.assert_allclose(both["ss"] - both["ss_0"], dy, atol=1e-6)
+    np.testing.assert_allclose(both["photons_total"], both["photons_total_0"], rtol=1e-6)   # nothing else changes
+    np.testing.assert_array_equal(frame.quaternion, sim.orientation(1)[0])
+    assert frame.water_scale == sim.thickness_factor(1)
     # the water pattern: the translation that best maps the dataset's water image onto the frame's (cubic
     # interpolation, pixels 4 away from gaps and edges) is the recorded offset
     from scipy import ndimage, optimize
