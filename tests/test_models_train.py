@@ -220,3 +220,15 @@ def test_config_schema_names_every_registered_frame_model():
     attribute = schema["properties"]["training"]["properties"]["attributes"]["additionalProperties"]
     # the paper's heatmap model maps frames to heatmaps, not attributes: it is trained under `peaks`
     assert set(attribute["properties"]["model"]["enum"]) == set(MODELS) - {"paper_attention_heatmap"}
+
+
+@pytest.mark.parametrize("n,batch_size", [(21, 4), (8, 4), (5, 4), (1, 4), (33, 16), (17, 16)])
+def test_batches_cover_every_frame_once_and_never_hold_a_single_frame(n, batch_size):
+    """BatchNorm needs two frames per batch in training: a last batch of one frame joins the one before."""
+    from cxlspeaks.train import batch_bounds
+
+    bounds = batch_bounds(n, batch_size)
+    covered = [i for start, stop in bounds for i in range(start, stop)]
+    assert covered == list(range(n))
+    assert all(stop - start >= 2 for start, stop in bounds) or n == 1
+    assert all(stop - start <= batch_size + 1 for start, stop in bounds)

@@ -226,6 +226,15 @@ def predict_probabilities(model: nn.Module, data: FrameInputs, index: torch.Tens
     return torch.cat(out).numpy() if out else np.zeros((0, 2))
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of the training batches of ``n`` frames: ``batch_size`` each, except that a last batch of a
+    single frame joins the one before (batch statistics, as BatchNorm's, need two frames)."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def train_attribute(config: TrainConfig, features: dict[str, str | Path], split_path: str | Path,
                     checkpoint_path: str | Path, history_path: str | Path, threads: int = 1, gpus: int = 0,
                     progress: bool = True) -> dict:
@@ -295,10 +304,10 @@ def train_attribute(config: TrainConfig, features: dict[str, str | Path], split_
         order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(
             config.seed * 1000 + epoch))]
         total, correct, seen = 0.0, 0, 0
-        batches = range(0, len(order), config.batch_size)
-        bar = tqdm(batches, desc=f"{config.attribute} epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        for start in bar:
-            index = order[start:start + config.batch_size]
+        bar = tqdm(batch_bounds(len(order), config.batch_size),
+                   desc=f"{config.attribute} epoch {epoch + 1}/{config.epochs}", disable=not progress)
+        for start, stop in bar:
+            index = order[start:stop]
             x = data.channels(index, model_inputs).to(device)
             y = targets[index].to(device)
             logits = model(x)
