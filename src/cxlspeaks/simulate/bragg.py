@@ -35,6 +35,9 @@ eps = lambda / lambda_0 - 1 (the spectrum S(eps), integral 1; :mod:`cxlspeaks.si
   photons along the wavelength, each widened by the spread within its third; other spots as one Gaussian widened
   along fs and ss by the streak's variance along each (centre and photons exact either way). Pixels in gaps or
   outside the spot's panel record nothing, so a peak's detected photons can be below N_hkl.
+* A reflection owns the lattice transform within its reciprocal cell (|x_i| <= 1/2, excitation error below
+  1 / (2 max_i |n . a_i|)); farther out the transform belongs to its neighbours (as in the brute-force sum and
+  pattern_sim's nearest-hkl lookup).
 * Reflections are kept when an upper bound of their photons (the profile's tail bound at the nearest
   excitation error in the band) reaches ``min_photons``; those left out carry less than that each.
 
@@ -172,7 +175,8 @@ class BraggSimulator:
             bound = np.minimum(spec.max_density * deps_ds * tail, p_peak)
             bound = np.where((s_eff <= 4 * width) | (sg <= 0) | ~np.isfinite(bound), np.inf, bound)
         photons_bound = self._scale * self.crystal.intensity * lam_max ** 2 * bound
-        sel = np.flatnonzero(photons_bound >= self.min_photons)
+        in_cell = s_near < self._cell_half_width(n_ref)
+        sel = np.flatnonzero((photons_bound >= self.min_photons) & in_cell)
         return sel, width[sel], s_near[sel]
 
     def excited_reflections(self, astar_bstar_cstar: np.ndarray) -> pd.DataFrame:
@@ -182,6 +186,7 @@ class BraggSimulator:
         return table
 
     def _excited(self, astar: np.ndarray) -> tuple[pd.DataFrame, dict]:
+        self._real_axes = np.linalg.inv(astar).T                                       # columns a, b, c (m)
         g_all = self._hkl @ astar.T                                                   # (N, 3), 1/m
         sel, width, s_near = self._candidates(g_all, astar)
         core = s_near < CORE_WIDTHS * width      # the band reaches the core window: resolve the core
@@ -198,8 +203,10 @@ class BraggSimulator:
         """Photons, spot centres and node positions of the reflections ``sel`` (rows of g) over K nodes."""
         beam, sample = self.beam, self.sample
         g2 = np.einsum("ij,ij->i", g, g)
+        n_ref = g + np.array([0.0, 0.0, 1.0 / beam.wavelength_m])
+        n_ref /= np.linalg.norm(n_ref, axis=1, keepdims=True)
         s, k, eps, weight_s, deps_ds = wavelength_nodes(g, beam.wavelength_m, self.spectrum, width, n_core,
-                                                        n_side)
+                                                        n_side, s_cell=self._cell_half_width(n_ref))
         normals = g[:, None, :] + k[..., None] * np.array([0.0, 0.0, 1.0])            # (N, K, 3)
         normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
         shape = shape_coefficients(normals, astar, sample.size_m)
@@ -232,6 +239,11 @@ class BraggSimulator:
             "panel": panel, "distance_m": self._distance_to_spot_m(fs, ss),
         })
         return {"table": table, "fs": node_fs, "ss": node_ss, "weight": wk}
+
+    def _cell_half_width(self, normals: np.ndarray) -> np.ndarray:
+        """Distance (1/m) from a reciprocal lattice point along ``normals`` (..., 3) to the edge of its cell
+        |x_i| <= 1/2 (x_i = q . a_i): 1 / (2 max_i |n . a_i|), a_i the real axes."""
+        return 0.5 / np.abs(normals @ self._real_axes).max(axis=-1)
 
     def _on_panel(self, k_out: np.ndarray, panel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw (fs, ss) where rays along ``k_out`` (N, K, 3) meet the plane of each row's panel (N,)."""

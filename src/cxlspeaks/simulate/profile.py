@@ -304,26 +304,36 @@ def eps_of_s(s: np.ndarray, g2: np.ndarray, gz: np.ndarray, lam0_m: float) -> np
 
 
 def wavelength_nodes(g: np.ndarray, lam0_m: float, spectrum: Spectrum, width: np.ndarray,
-                     n_core: int = DEFAULT_NODES, n_side: int = SIDE_NODES, core_widths: float = CORE_WIDTHS):
+                     n_core: int = DEFAULT_NODES, n_side: int = SIDE_NODES, core_widths: float = CORE_WIDTHS,
+                     s_cell: np.ndarray | None = None):
     """Quadrature nodes over the spectrum's support for each reflection (rows of g, (N, 3), 1/m).
 
     The support is cut where the excitation error is +-``core_widths`` core widths: inside, ``n_core``
     Gauss-Legendre nodes in u = atan(s / width) resolve the profile's core and near tails; on either side
     ``n_side`` Gauss-Legendre nodes in eps resolve the spectrum against the smooth far tails. With
-    ``n_core = 0`` one piece of ``n_side`` nodes in eps spans the whole support (a reflection excited by its far
-    tails alone). Returns (s, k, eps, weight_s, deps_ds), each (N, K): excitation error (1/m), wavenumber
+    ``n_core = 0`` one piece of ``n_side`` nodes spans the whole support (a reflection excited by its far tails
+    alone): in eps, or for a tophat in 1/s, in which the tail's ds / s^2 is flat. Returns (s, k, eps, weight_s, deps_ds), each (N, K): excitation error (1/m), wavenumber
     (1/m), relative wavelength, the quadrature weight in s (1/m) and d eps / ds (m): weight_s * deps_ds is the
-    weight in eps, and sum_k weight_s f(s_k) ~ int f ds over the support.
+    weight in eps, and sum_k weight_s f(s_k) ~ int f ds over the support. ``s_cell`` (N,): the support is cut
+    to |s| <= s_cell (the reflection's own reciprocal cell).
     """
     g2 = np.einsum("ij,ij->i", g, g)[:, None]
     gz = g[:, 2][:, None]
+    s_lo = excitation_error(g, 1.0 / (lam0_m * (1 + spectrum.lo)))[:, None]
+    s_hi = excitation_error(g, 1.0 / (lam0_m * (1 + spectrum.hi)))[:, None]
     lo = np.full((len(g), 1), spectrum.lo)
     hi = np.full((len(g), 1), spectrum.hi)
+    if s_cell is not None:
+        cell = s_cell[:, None]
+        lo = np.where(s_lo < -cell, eps_of_s(-cell, g2, gz, lam0_m), lo)
+        hi = np.where(s_hi > cell, eps_of_s(cell, g2, gz, lam0_m), hi)
+        s_lo, s_hi = np.maximum(s_lo, -cell), np.minimum(s_hi, cell)
     if n_core == 0:
-        pieces = [_eps_piece(g, lam0_m, lo, hi, n_side)]
+        if spectrum.kind == "tophat" and np.all(s_lo * s_hi > 0):
+            pieces = [_inverse_s_piece(g2, gz, lam0_m, s_lo, s_hi, n_side)]
+        else:
+            pieces = [_eps_piece(g, lam0_m, lo, hi, n_side)]
     else:
-        s_lo = excitation_error(g, 1.0 / (lam0_m * (1 + spectrum.lo)))[:, None]
-        s_hi = excitation_error(g, 1.0 / (lam0_m * (1 + spectrum.hi)))[:, None]
         w = width[:, None]
         s_a = np.clip(-core_widths * w, s_lo, s_hi)
         s_b = np.clip(core_widths * w, s_lo, s_hi)
@@ -340,6 +350,19 @@ def wavelength_nodes(g: np.ndarray, lam0_m: float, spectrum: Spectrum, width: np
         core = (s, k, 1.0 / (k * lam0_m) - 1.0, half * wq[None, :] * w / np.cos(u) ** 2, deps_ds)
         pieces = [_eps_piece(g, lam0_m, lo, eps_a, n_side), core, _eps_piece(g, lam0_m, eps_b, hi, n_side)]
     return tuple(np.concatenate([p[i] for p in pieces], axis=1) for i in range(5))
+
+
+def _inverse_s_piece(g2, gz, lam0_m: float, s_a: np.ndarray, s_b: np.ndarray, n: int):
+    """Gauss-Legendre nodes in v = 1/s between s_a and s_b (same sign), as (s, k, eps, weight_s, deps_ds)."""
+    x, wq = np.polynomial.legendre.leggauss(n)
+    v_a, v_b = 1.0 / s_a, 1.0 / s_b
+    half = 0.5 * (v_b - v_a)
+    v = 0.5 * (v_a + v_b) + half * x[None, :]
+    s = 1.0 / v
+    k = wavenumber_at(s, g2, gz)
+    sg = s - gz
+    deps_ds = (sg * sg + g2 - gz * gz) / (2 * sg * sg) / (k * k * lam0_m)
+    return s, k, 1.0 / (k * lam0_m) - 1.0, np.abs(half) * wq[None, :] * s * s, deps_ds
 
 
 def _eps_piece(g: np.ndarray, lam0_m: float, eps_a: np.ndarray, eps_b: np.ndarray, n: int):
