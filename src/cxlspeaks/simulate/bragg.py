@@ -156,6 +156,10 @@ class BraggSimulator:
         s_hi = excitation_error(g, 1.0 / (lam0 * (1 + spec.hi)))
         inside = (s_lo <= 0) & (s_hi >= 0)
         s_near = np.where(inside, 0.0, np.minimum(np.abs(s_lo), np.abs(s_hi)))
+        # no cell reaches farther than sqrt(3) / (2 sigma_min(a, b, c)) from its lattice point
+        cell_max = math.sqrt(3) / (2 * np.linalg.svd(self._real_axes, compute_uv=False).min())
+        pre = np.flatnonzero(s_near < cell_max)
+        g, s_lo, s_hi, s_near, inside = g[pre], s_lo[pre], s_hi[pre], s_near[pre], inside[pre]
         s_far = np.maximum(np.abs(s_lo), np.abs(s_hi))
         g2 = np.einsum("ij,ij->i", g, g)
         n_ref = g + np.array([0.0, 0.0, 1.0 / lam0])
@@ -174,10 +178,10 @@ class BraggSimulator:
             p_peak = e1 / (np.pi ** 2 * s_eff ** 2)
             bound = np.minimum(spec.max_density * deps_ds * tail, p_peak)
             bound = np.where((s_eff <= 4 * width) | (sg <= 0) | ~np.isfinite(bound), np.inf, bound)
-        photons_bound = self._scale * self.crystal.intensity * lam_max ** 2 * bound
-        in_cell = s_near < self._cell_half_width(n_ref)
-        sel = np.flatnonzero((photons_bound >= self.min_photons) & in_cell)
-        return sel, width[sel], s_near[sel]
+        photons_bound = self._scale * self.crystal.intensity[pre] * lam_max ** 2 * bound
+        ok = np.flatnonzero(photons_bound >= self.min_photons)
+        ok = ok[s_near[ok] < self._cell_half_width(n_ref[ok])]
+        return pre[ok], width[ok], s_near[ok]
 
     def excited_reflections(self, astar_bstar_cstar: np.ndarray) -> pd.DataFrame:
         """Reflections excited by the spectrum for an orientation, with N_hkl, spot centres and streaks (not yet
