@@ -11,6 +11,7 @@ position the spot centre. Nothing of the engine's projection, node layout or clo
 from __future__ import annotations
 
 import math
+import os
 
 import gemmi
 import numpy as np
@@ -293,3 +294,32 @@ def test_a_wide_spectrum_streaks_the_spot_radially(streak_min_photons):
     assert box.sum() == pytest.approx(table.loc[0, "photons_total"], rel=1e-3)
     assert (box * xx).sum() / box.sum() == pytest.approx((w * fs).sum() / w.sum(), abs=0.3)
     assert (box * yy).sum() / box.sum() == pytest.approx((w * ss).sum() / w.sum(), abs=0.3)
+
+
+# ---------------------------------------------------------------------- CrystFEL pattern_sim (optional)
+PATTERN_SIM = "/opt/crystfel/bin/pattern_sim"
+
+
+@pytest.mark.skipif(not os.access(PATTERN_SIM, os.X_OK), reason=f"CrystFEL pattern_sim not at {PATTERN_SIM}")
+def test_pattern_sim_agrees_where_it_samples_the_lobes_finely(monkeypatch):
+    """A 0.128 um crystal (19 x 19 x 12 cells, lobes wider than pattern_sim's sub-pixel and spectrum steps) on
+    150 x 150 pixels of 0.2 mm at 0.15 m, 24 spectrum samples: pattern_sim 0.10.2 (no polarisation factor, so
+    ours is divided by P) holds the same photons in the frame (3 %) and in the two strongest spots (2 %), one of
+    which, (0 0 4), the Gaussian-profile engine missed (measured: 0.00767 vs 0.00765; 0.00434 vs 0.00432)."""
+    from cxlspeaks.simulate.pattern_sim import PatternSimBackend
+
+    monkeypatch.setenv("CXLSPEAKS_PATTERN_SIM", PATTERN_SIM)
+    geometry = tiny_geometry(n_fs=150, n_ss=150, pixel_size_m=2.0e-4, clen_m=0.15, gap_width_px=0)
+    crystal = load_crystal(None, d_min_A=geometry.d_min_A(6000.0, 0.01))
+    beam = Beam(6000.0, divergence_rad=0.0, polarisation_fraction=0.5)
+    sample = CrystalSample(1.28e-7)
+    q = np.array([0.2, 0.6, -0.4, 0.66]) / np.linalg.norm([0.2, 0.6, -0.4, 0.66])
+    with PatternSimBackend(geometry, crystal, beam, sample, spectrum_samples=24) as backend:
+        reference = backend.simulate(q)
+    ours = BraggSimulator(geometry, crystal, beam, sample, min_photons=1e-6).simulate(reference.astar_bstar_cstar)
+    image = ours.image / geometry.polarisation_factors(0.5)
+    assert image.sum() == pytest.approx(reference.image.sum(), rel=0.03)
+    for row in ours.peaks.head(2).itertuples():
+        i, j = int(round(row.ss)), int(round(row.fs))
+        box = np.s_[max(i - 6, 0):i + 7, max(j - 6, 0):j + 7]
+        assert image[box].sum() == pytest.approx(reference.image[box].sum(), rel=0.02)
