@@ -136,6 +136,7 @@ class BraggSimulator:
         self._shape = geometry.shape
         self._panel_bounds = np.array([[p.min_fs, p.max_fs, p.min_ss, p.max_ss] for p in geometry.panels])
         self._panel_res = np.array([p.res for p in geometry.panels])
+        self._max_two_theta = geometry.max_two_theta_rad()
         self._panel_corner = np.array([p.corner_m() for p in geometry.panels])
         self._panel_normal = np.array([np.cross(p.fs_m(), p.ss_m()) for p in geometry.panels])
         self._panel_inverse = np.array([np.linalg.pinv(np.c_[p.fs_m(), p.ss_m()]) for p in geometry.panels])
@@ -158,7 +159,10 @@ class BraggSimulator:
         s_near = np.where(inside, 0.0, np.minimum(np.abs(s_lo), np.abs(s_hi)))
         # no cell reaches farther than sqrt(3) / (2 sigma_min(a, b, c)) from its lattice point
         cell_max = math.sqrt(3) / (2 * np.linalg.svd(self._real_axes, compute_uv=False).min())
-        pre = np.flatnonzero(s_near < cell_max)
+        # and no spot leaves at less than 2 theta at the band's short end (+ 0.02 rad for tail offsets)
+        sin_theta = 0.5 * lam0 * (1 + spec.lo) * np.sqrt(np.einsum("ij,ij->i", g, g))
+        reach = np.sin(0.5 * min(self._max_two_theta + 0.02, np.pi))
+        pre = np.flatnonzero((s_near < cell_max) & (sin_theta < reach))
         g, s_lo, s_hi, s_near, inside = g[pre], s_lo[pre], s_hi[pre], s_near[pre], inside[pre]
         s_far = np.maximum(np.abs(s_lo), np.abs(s_hi))
         g2 = np.einsum("ij,ij->i", g, g)
