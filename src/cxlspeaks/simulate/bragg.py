@@ -18,14 +18,17 @@ eps = lambda / lambda_0 - 1 (the spectrum S(eps), integral 1; :mod:`cxlspeaks.si
   with Phi = N_photons / (pi r_beam^2) and P the polarisation factor of k_out at that wavelength. For a flat
   spectrum and a sharp profile this is the Laue integrated intensity
   Phi r_e^2 P |F|^2 V lambda^4 S / (2 lambda_0 V_cell^2 sin^2 theta) (:func:`laue_integrated_photons` with
-  rho = S lambda / lambda_0). The integral runs over K Gauss-Legendre nodes per reflection (48, placed in
-  atan(s / core width) so that both the core and the 1/s^2 tails are resolved).
-* Spot: at each node the diffracted ray is k_out = g + z / lambda (the sphere point nearest g; the slice of a
-  centrosymmetric lattice transform is symmetric about it), met with the spot's panel plane. The spot is the
-  superposition over the excited wavelengths: its centre is the photon-weighted mean of the node positions
-  (``fs``, ``ss``), ``wavelength_A`` the photon-weighted mean wavelength, and the weighted spread along the
-  radial direction is the bandwidth streak. A reflection whose Bragg wavelength lies outside the band is still
-  excited by its tails at the band's edge, and is drawn there.
+  rho = S lambda / lambda_0). The integral runs over Gauss-Legendre nodes in wavelength
+  (:func:`~cxlspeaks.simulate.profile.wavelength_nodes`: 64 in atan(s / core width) within 10 core widths of
+  the core and 16 on either side; 16 over the band for a reflection excited by its far tails alone).
+* Spot: at each node the diffracted ray is k_out = k n + delta, n the direction of g + z / lambda (the sphere
+  point nearest g) and delta the in-plane centroid of the lattice transform on the sphere
+  (:func:`~cxlspeaks.simulate.profile.slice_offset`: zero for a face-on cube, about s sum_i (d_i - c_i n) / e_1
+  in the tails, where the faces' truncation rods cross the sphere), met with the spot's panel plane. The spot
+  is the superposition over the excited wavelengths: its centre is the photon-weighted mean of the node
+  positions (``fs``, ``ss``), ``wavelength_A`` the photon-weighted mean wavelength, and the weighted spread
+  (mostly radial) is the streak. A reflection whose Bragg wavelength lies outside the band is still excited by
+  its tails inside the band, and is drawn where those wavelengths send it.
 * partiality = rho * bandwidth with rho = int S p d eps (per unit relative wavelength): for a tophat the
   fraction of the reflection's excitation that falls in the band.
 * Footprint: each spot is a 2-D Gaussian of standard deviation sqrt(sigma_psf^2 + (D res sigma_div)^2) pixels
@@ -41,9 +44,10 @@ eps = lambda / lambda_0 - 1 (the spectrum S(eps), integral 1; :mod:`cxlspeaks.si
 * Reflections are kept when an upper bound of their photons (the profile's tail bound at the nearest
   excitation error in the band) reaches ``min_photons``; those left out carry less than that each.
 
-Not modelled (documented differences): the 1/cos(alpha) stretch of spots at oblique incidence, the in-plane
-offset of a slice's centroid from the foot point in the far tails (crystal truncation rods of a faceted crystal
-cross the sphere beside it), and the Ewald sphere's curvature across the lobe.
+Checked against a brute-force Monte-Carlo sum of the discrete lattice transform and against CrystFEL pattern_sim
+0.10.2 (tests/test_partials.py; numbers in PHYSICS.md). Not modelled (documented differences): the
+1/cos(alpha) stretch of spots at oblique incidence, the in-plane spread of a slice (only its centroid), and the
+Ewald sphere's curvature across the lobe.
 """
 
 from __future__ import annotations
