@@ -7,8 +7,8 @@ band) and out-of-band (excited by their tails at the band's edge):
 
 * position shift: |new - old| spot centre (px), median and maximum;
 * photon ratio: new / old N_hkl, median (old N_hkl of a reflection the old engine did not list is 0: "missing");
-* seconds per full-size frame (expected image and peak list), new engine; the old engine's when its source can
-  be read from git (commit ``--old-commit``).
+* seconds per full-size frame (expected image and peak list; median and minimum over the frames, the two
+  engines interleaved), new engine; the old engine's when its source can be read from git (``--old-commit``).
 
 The old model is recomputed here from its formulas (bragg.py before issue 14): sigma_r = sqrt((0.376 / L)^2 +
 (|g| eta)^2), rho = [Phi_N((b/2 - eps_g)/sigma_eps) - Phi_N((-b/2 - eps_g)/sigma_eps)] / b with
@@ -118,7 +118,9 @@ def compare(clen_m: float, crystal, beam: Beam, sample: CrystalSample, frames: i
             group["ratio"].append(float(n_new / n_old))
     out = {"clen_m": clen_m, "frames": frames, "mean_peaks_per_frame_ge_1_photon": float(np.mean(peaks)),
            "new_seconds_per_frame": float(np.median(new_s)),
-           "old_seconds_per_frame": float(np.median(old_s)) if old_s else None}
+           "old_seconds_per_frame": float(np.median(old_s)) if old_s else None,
+           "new_seconds_per_frame_min": float(np.min(new_s)),
+           "old_seconds_per_frame_min": float(np.min(old_s)) if old_s else None}
     for name, group in stats.items():
         shift, ratio = np.array(group["shift"]), np.array(group["ratio"])
         out[name] = {"reflections": int(len(shift) + group["missing"]), "missing_in_old": group["missing"],
@@ -154,6 +156,8 @@ def main() -> None:
                   f"{fmt(g['shift_px_median']):>9} {fmt(g['shift_px_max']):>9} "
                   f"{fmt(g['photon_ratio_new_over_old_median']):>9} {r['new_seconds_per_frame']:11.3f} "
                   f"{fmt(r['old_seconds_per_frame']):>6}")
+        print(f"      fastest frame: new {r['new_seconds_per_frame_min']:.3f} s, old "
+              f"{fmt(r['old_seconds_per_frame_min'])} s")
     result = {"rows": rows, "settings": {"photon_energy_ev": beam.photon_energy_ev, "bandwidth": beam.bandwidth,
                                          "spectrum": beam.spectrum, "crystal_size_m": sample.size_m,
                                          "structure": "1IC6 (shipped)", "detector": "eiger4m",
