@@ -157,7 +157,7 @@ def test_peak_refinement_recovers_wavelength_and_camera_length_from_ray_traced_s
         refine_from_spots(hkl[:3], fs[:3], ss[:3], basis, geometry, L0)
 
 
-def test_regressor_learns_energy_and_camera_length_from_profile_features():
+def test_regressor_learns_energy_and_camera_length_from_profile_features(tmp_path):
     design = [(6000.0, 0.12), (7000.0, 0.12), (8000.0, 0.12), (6000.0, 0.15), (7000.0, 0.15), (8000.0, 0.15)]
     x, e, L, held = [], [], [], []
     for k, (ek, lk) in enumerate(design):
@@ -172,12 +172,17 @@ def test_regressor_learns_energy_and_camera_length_from_profile_features():
                 e.append(ek)
                 L.append(lk)
     model = RidgeRegressor.fit(np.array(x), np.array(e), np.array(L))
+    model.save(tmp_path / "regressor.npz")
+    model = RidgeRegressor.load(tmp_path / "regressor.npz")
     for (ek, lk), f in zip(design, held):
         est = model.predict(f)[0]
         assert abs(est.photon_energy_ev - ek) < max(4 * est.sigma_photon_energy_ev, 0.02 * ek)
         assert abs(est.clen_m - lk) < max(4 * est.sigma_clen_m, 0.02 * lk)
     with pytest.raises(ValueError, match="does not match"):
         profile_features(np.zeros((3, 3)), tiny_geometry())
+    (tmp_path / "bad.npz").write_bytes(b"not a regressor")
+    with pytest.raises(ValueError, match="not a saved regressor"):
+        RidgeRegressor.load(tmp_path / "bad.npz")
 
 
 def test_bad_inputs_are_one_line_errors():

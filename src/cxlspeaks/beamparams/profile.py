@@ -20,7 +20,9 @@ count n_b, S2_b = sum r_i^2 and X2_b = sum x_i^2, so that for any L
     sum_{i in b} P_i dOmega_i ~= A L / (rho_b^2 + L^2)^(3/2) [n_b - (f X2_b + (1 - f) (S2_b - X2_b)) / (rho_b^2 + L^2)]
 
 with rho_b^2 = S2_b / n_b (exact when the bin's pixels share one radius; the error is second order in the bin width
-over the scale on which the water profile changes, < 1e-4 relative for bins of 2 Eiger pixels).
+over the scale on which the water profile changes: against water_intensity summed over each bin, at most 4e-6
+relative on the Eiger 4M with the default 2-pixel bins at 7 keV, 0.15 m; 2e-4 on the tiny detector's 1.2 mm pixels
+with 0.25-pixel bins, tests/test_beamparams.py).
 """
 
 from __future__ import annotations

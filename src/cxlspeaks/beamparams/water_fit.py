@@ -174,7 +174,8 @@ def fit_water_profile(counts: np.ndarray, model: WaterProfileModel, prior: Prior
         a = origin[0] + x[0] * scales[0]
         c = a + origin[1] + x[1] * scales[1]
         pen = 1e9 * (max(0.0, c0 - c) + max(0.0, c - c1) + max(0.0, a0 - a) + max(0.0, a - a1)) ** 2
-        return -model.profile_loglike(n, np.atleast_1d(a), np.atleast_1d(np.clip(c, c0 - 1, c1 + 1)))[0] + pen
+        a_in, c_in = np.clip(a, a0 - 0.5, a1 + 0.5), np.clip(c, c0 - 0.5, c1 + 0.5)
+        return -model.profile_loglike(n, np.atleast_1d(a_in), np.atleast_1d(c_in))[0] + pen
 
     best = None
     for a_s, c_s in starts:
@@ -232,34 +233,45 @@ def _profile_inflation(a_grid, a_flat, ll, a_hat, ll_hat, sa) -> float:
     return max(1.0, half / max(sa, 1e-12)) if len(inside_1s) > 1 else 1.0
 
 
-def outlier_pixels(frame: np.ndarray, bins: ProfileBins, model: WaterProfileModel, estimate: BeamEstimate,
-                   alpha: float = 1e-5, dilate_px: int = 2) -> np.ndarray:
-    """bool (ss, fs): pixels whose counts have Poisson tail probability P(N >= n | mu_i) < alpha under the fitted
-    water (mu_i the bin's mean per pixel), grown by ``dilate_px`` pixels (Bragg spots and their tails)."""
-    g = np.zeros(bins.n_bins)
-    g[model.used] = estimate.scale_per_sr * model.expected(estimate.photon_energy_ev, estimate.clen_m)[0]
-    per_pixel = g / np.maximum(bins.n_pix, 1)
+def poisson_outliers(frame: np.ndarray, bins: ProfileBins, mean_per_bin: np.ndarray, alpha: float = 1e-5,
+                     dilate_px: int = 2) -> np.ndarray:
+    """bool (ss, fs): binned pixels whose counts have Poisson tail probability P(N >= n | mu_i) < alpha, with mu_i
+    the mean per pixel of the pixel's bin (``mean_per_bin`` (n_bins,)), grown by ``dilate_px`` pixels (Bragg
+    spots and their tails)."""
     cand = (frame >= 2) & (bins.pixel_bin >= 0)
     out = np.zeros(frame.shape, dtype=bool)
     if cand.any():
-        mu = per_pixel[bins.pixel_bin[cand]]
+        mu = mean_per_bin[bins.pixel_bin[cand]]
         out[cand] = poisson.sf(frame[cand] - 1, np.maximum(mu, 1e-12)) < alpha
     if dilate_px > 0 and out.any():
         out = binary_dilation(out, structure=np.ones((2 * dilate_px + 1,) * 2, dtype=bool))
-    return out
+    return out & (bins.pixel_bin >= 0)
+
+
+def outlier_pixels(frame: np.ndarray, bins: ProfileBins, model: WaterProfileModel, estimate: BeamEstimate,
+                   alpha: float = 1e-5, dilate_px: int = 2) -> np.ndarray:
+    """:func:`poisson_outliers` under the fitted water (mu_i the bin's expected photons per pixel)."""
+    g = np.zeros(bins.n_bins)
+    g[model.used] = estimate.scale_per_sr * model.expected(estimate.photon_energy_ev, estimate.clen_m)[0]
+    return poisson_outliers(frame, bins, g / np.maximum(bins.n_pix, 1), alpha, dilate_px)
 
 
 def fit_water_frame(frame: np.ndarray, geometry: Geometry, bins: ProfileBins | None = None,
                     polarisation_fraction: float = 1.0, prior: PriorBox = PriorBox(), alpha: float = 1e-5,
                     dilate_px: int = 2, iterations: int = 2, extra_mask: np.ndarray | None = None) -> BeamEstimate:
-    """The water fit of one frame (float (ss, fs) counts) on ``geometry``'s beam centre and good pixels: fit, mask
-    outlier pixels (Bragg spots, :func:`outlier_pixels`), refit, ``iterations`` times. ``extra_mask`` (bool,
+    """The water fit of one frame (float (ss, fs) counts) on ``geometry``'s beam centre and good pixels: mask the
+    pixels that are outliers against their bin's mean count, fit, mask the outliers against the fitted water
+    (Bragg spots, :func:`outlier_pixels`), refit, ``iterations`` times. ``extra_mask`` (bool,
     True = drop) removes known pixels first (e.g. boxes around found peaks). ``extra['n_masked']`` counts the
     pixels dropped."""
     bins = bins or ProfileBins.from_geometry(geometry)
-    work = bins if extra_mask is None else bins.without(extra_mask, geometry)
-    est = fit_water_profile(work.counts(frame), WaterProfileModel(work, polarisation_fraction), prior)
     dropped = np.zeros(frame.shape, dtype=bool) if extra_mask is None else np.asarray(extra_mask, dtype=bool)
+    work = bins.without(dropped, geometry)
+    # before any fit: outliers against each bin's own mean count (model-free; the bright spots of a hit)
+    pre = poisson_outliers(frame, work, work.counts(frame) / np.maximum(work.n_pix, 1), alpha, dilate_px)
+    dropped |= pre
+    work = work.without(pre, geometry)
+    est = fit_water_profile(work.counts(frame), WaterProfileModel(work, polarisation_fraction), prior)
     for _ in range(iterations):
         bad = outlier_pixels(frame, work, WaterProfileModel(work, polarisation_fraction), est, alpha, dilate_px)
         new = bad & ~dropped
