@@ -63,8 +63,8 @@ from ..constants import CLASSICAL_ELECTRON_RADIUS_M, FWHM_PER_SIGMA
 from ..crystal import Crystal
 from ..geometry import Geometry, polarisation_factor
 from .beam import Beam
-from .profile import (CORE_WIDTHS, DEFAULT_NODES, SIDE_NODES, Spectrum, core_width, excitation_error, profile_density, shape_coefficients,
-                      slice_offset, wavelength_nodes)
+from .profile import (CORE_WIDTHS, DEFAULT_NODES, SIDE_NODES, Spectrum, core_width, excitation_error,
+                      profile_density, shape_coefficients, slice_offset, wavelength_nodes)
 
 PEAK_COLUMNS = ("fs", "ss", "photons", "photons_total", "h", "k", "l", "wavelength_A", "partiality", "panel")
 #: Sub-spots a long streak is drawn with (thirds of its photons along the wavelength).

@@ -312,8 +312,8 @@ def wavelength_nodes(g: np.ndarray, lam0_m: float, spectrum: Spectrum, width: np
     Gauss-Legendre nodes in u = atan(s / width) resolve the profile's core and near tails; on either side
     ``n_side`` Gauss-Legendre nodes in eps resolve the spectrum against the smooth far tails. With
     ``n_core = 0`` one piece of ``n_side`` nodes spans the whole support (a reflection excited by its far tails
-    alone): in eps, or for a tophat in 1/s, in which the tail's ds / s^2 is flat. Returns (s, k, eps, weight_s, deps_ds), each (N, K): excitation error (1/m), wavenumber
-    (1/m), relative wavelength, the quadrature weight in s (1/m) and d eps / ds (m): weight_s * deps_ds is the
+    alone): in eps, or for a tophat in 1/s, in which the tail's ds / s^2 is flat. Returns (s, k, eps, weight_s,
+    deps_ds), each (N, K): excitation error (1/m), wavenumber (1/m), relative wavelength, the quadrature weight in s (1/m) and d eps / ds (m): weight_s * deps_ds is the
     weight in eps, and sum_k weight_s f(s_k) ~ int f ds over the support. ``s_cell`` (N,): the support is cut
     to |s| <= s_cell (the reflection's own reciprocal cell).
     """
