@@ -109,6 +109,52 @@ class Beam:
         return eps, density / np.trapezoid(density, eps)
 
 
+@dataclass(frozen=True)
+class Spectrum:
+    """Spectral density S(eps) per unit relative wavelength eps = lambda / lambda_0 - 1, integral 1.
+
+    kind "tophat" (full width ``width``), "gaussian" (standard deviation ``sigma``) or "table" (piecewise linear
+    through ``table_eps``, ``table_density``). ``lo``, ``hi``: the support integrated over (a Gaussian's to
+    +-8 sigma, which leaves out 1e-15 of it).
+    """
+
+    kind: str
+    lo: float
+    hi: float
+    sigma: float = 0.0
+    table_eps: tuple = ()
+    table_density: tuple = ()
+
+    @classmethod
+    def from_beam(cls, beam) -> "Spectrum":
+        """The spectrum of a :class:`~cxlspeaks.simulate.beam.Beam`."""
+        if beam.spectrum == "tophat":
+            return cls("tophat", -beam.bandwidth / 2, beam.bandwidth / 2)
+        if beam.spectrum == "gaussian":
+            sigma = beam.spectrum_sigma
+            return cls("gaussian", -8 * sigma, 8 * sigma, sigma=sigma)
+        eps, density = beam.spectrum_density()
+        return cls("table", float(eps[0]), float(eps[-1]), table_eps=tuple(eps), table_density=tuple(density))
+
+    def density(self, eps: np.ndarray) -> np.ndarray:
+        """S(eps) (per unit relative wavelength), zero outside the support."""
+        eps = np.asarray(eps, dtype=float)
+        inside = (eps >= self.lo) & (eps <= self.hi)
+        if self.kind == "tophat":
+            return np.where(inside, 1.0 / (self.hi - self.lo), 0.0)
+        if self.kind == "gaussian":
+            return np.exp(-0.5 * (eps / self.sigma) ** 2) / (self.sigma * math.sqrt(2 * math.pi))
+        return np.interp(eps, self.table_eps, self.table_density, left=0.0, right=0.0)
+
+    @property
+    def max_density(self) -> float:
+        if self.kind == "tophat":
+            return 1.0 / (self.hi - self.lo)
+        if self.kind == "gaussian":
+            return 1.0 / (self.sigma * math.sqrt(2 * math.pi))
+        return float(max(self.table_density))
+
+
 def read_spectrum_csv(path: str | Path) -> tuple[tuple[float, float], ...]:
     """Read a two-column CSV spectrum (x, weight; an optional header line of text) into ``spectrum_table`` rows.
 

@@ -1,9 +1,7 @@
 """Bragg peaks of a still crystal in a polychromatic pulse, integrated per reflection over the spectrum.
 
-This replaces CrystFEL pattern_sim's per-pixel sampling of the lattice transform (which, for a 10 um crystal,
-samples a lobe far narrower than its 4 x 4 sub-pixel step and so returns random spikes) by each reflection's
-integrated intensity, placed where its diffracted rays meet the detector (PHYSICS.md, "Bragg peaks" and
-"Partial reflections").
+Each reflection's lattice transform integrated exactly, instead of pattern_sim's per-pixel samples (random spikes
+for a 10 um crystal's narrow lobes); PHYSICS.md, "Bragg peaks" and "Partial reflections".
 
 For reflection h with lab reciprocal vector g = A* h (1/m), k_in = z-hat / lambda and relative wavelength
 eps = lambda / lambda_0 - 1 (the spectrum S(eps), integral 1; :mod:`cxlspeaks.simulate.profile`):
@@ -28,7 +26,9 @@ eps = lambda / lambda_0 - 1 (the spectrum S(eps), integral 1; :mod:`cxlspeaks.si
   is the superposition over the excited wavelengths: its centre is the photon-weighted mean of the node
   positions (``fs``, ``ss``), ``wavelength_A`` the photon-weighted mean wavelength, and the weighted spread
   (mostly radial) is the streak. A reflection whose Bragg wavelength lies outside the band is still excited by
-  its tails inside the band, and is drawn where those wavelengths send it.
+  its tails inside the band, and is drawn where those wavelengths send it. With mosaicity the blocks turned into
+  the sphere carry a partial: the spot leans by E[u | s] sin theta along (sin theta n - g_hat) / cos theta
+  (:func:`~cxlspeaks.simulate.profile.mosaic_lean`).
 * partiality = rho * bandwidth with rho = int S p d eps (per unit relative wavelength): for a tophat the
   fraction of the reflection's excitation that falls in the band.
 * Footprint: each spot is a 2-D Gaussian of standard deviation sqrt(sigma_psf^2 + (D res sigma_div)^2) pixels
@@ -44,10 +44,9 @@ eps = lambda / lambda_0 - 1 (the spectrum S(eps), integral 1; :mod:`cxlspeaks.si
 * Reflections are kept when an upper bound of their photons (the profile's tail bound at the nearest
   excitation error in the band) reaches ``min_photons``; those left out carry less than that each.
 
-Checked against a brute-force Monte-Carlo sum of the discrete lattice transform and against CrystFEL pattern_sim
-0.10.2 (tests/test_partials.py; numbers in PHYSICS.md). Not modelled (documented differences): the
-1/cos(alpha) stretch of spots at oblique incidence, the in-plane spread of a slice (only its centroid), and the
-Ewald sphere's curvature across the lobe.
+Checked against a brute-force Monte-Carlo lattice sum and CrystFEL pattern_sim 0.10.2 (tests/test_partials.py).
+Not modelled: the oblique-incidence stretch of spots, a slice's in-plane spread (only its centroid), the
+sphere's curvature across the lobe.
 """
 
 from __future__ import annotations
@@ -62,9 +61,9 @@ from scipy.special import ndtr
 from ..constants import CLASSICAL_ELECTRON_RADIUS_M, FWHM_PER_SIGMA
 from ..crystal import Crystal
 from ..geometry import Geometry, polarisation_factor
-from .beam import Beam
-from .profile import (CORE_WIDTHS, DEFAULT_NODES, SIDE_NODES, Spectrum, core_width, excitation_error,
-                      profile_density, shape_coefficients, slice_offset, wavelength_nodes)
+from .beam import Beam, Spectrum
+from .profile import (CORE_WIDTHS, DEFAULT_NODES, SIDE_NODES, core_width, excitation_error,
+                      mosaic_lean, profile_density, shape_coefficients, slice_offset, wavelength_nodes)
 
 PEAK_COLUMNS = ("fs", "ss", "photons", "photons_total", "h", "k", "l", "wavelength_A", "partiality", "panel")
 #: Sub-spots a long streak is drawn with (thirds of its photons along the wavelength).
@@ -230,6 +229,11 @@ class BraggSimulator:
         # the slice's centroid: the foot point g - s n on the sphere plus the in-plane offset of L(q - g) on the
         # plane q - g = -s n + q_perp (offset at -s: the profile is even, the offset odd in s)
         k_out = k[..., None] * normals + slice_offset(-s, normals, astar, shape, profile, sigma_m)
+        if sample.mosaicity_rad > 0:           # the mosaic blocks turned into the sphere lean the spot
+            sin_theta = np.sqrt(g2)[:, None] / (2 * k)
+            g_hat = g / np.sqrt(g2)[:, None]
+            lean = mosaic_lean(s, shape, sigma_m, profile) * sin_theta / cos_theta ** 2
+            k_out += lean[..., None] * (sin_theta[..., None] * normals - g_hat[:, None, :])
         lam = 1.0 / k
         w = overlap * deps_ds * lam ** 2 * polarisation_factor(k_out, beam.polarisation_fraction)
         wsum = w.sum(axis=1)

@@ -106,6 +106,25 @@ def profile_density(s: np.ndarray, shape: ShapeCoefficients, sigma_mosaic: np.nd
     return 2 * t_max * _cubic_cosine_transform(x, beta)
 
 
+def mosaic_lean(s: np.ndarray, shape: ShapeCoefficients, sigma_mosaic: np.ndarray, profile: np.ndarray) -> np.ndarray:
+    """Mean displacement (1/m) along n_perp (the unit vector in the plane normal to g nearest n) of the mosaic
+    blocks that the sphere excites at excitation error s: E[u | s] = (sigma^2 / cos theta) p'(s) / p(s) by
+    Stein's lemma (u ~ N(0, (sigma / cos theta)^2) moves s by u cos theta); times sin theta it leans the spot
+    along t = (sin theta n - g_hat) / cos theta, so that blocks turned into the sphere carry the partials.
+    Returned here: sigma^2 p'(s) / p(s); p' from the sine transform of tau beta(tau) exp(-alpha tau^2)."""
+    s = np.asarray(s, dtype=float)
+    t_max = np.broadcast_to(shape.t_max, s.shape)
+    sigma = np.broadcast_to(np.asarray(sigma_mosaic, dtype=float), s.shape)
+    coeffs = [np.zeros_like(s), np.ones_like(s), -shape.e1 * t_max, shape.e2 * t_max ** 2, -shape.e3 * t_max ** 3]
+    coeffs = [np.broadcast_to(cm, s.shape) for cm in coeffs]
+    x = 2 * np.pi * s * t_max
+    sine = _mosaic_transform(x, coeffs, 2 * np.pi ** 2 * (sigma * t_max) ** 2, sine=True)
+    derivative = -4 * np.pi * t_max * t_max * sine                   # dp/ds
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lean = sigma * sigma * derivative / profile
+    return np.where(np.isfinite(lean), lean, 0.0)
+
+
 def _cubic_cosine_transform(x: np.ndarray, beta: list[np.ndarray]) -> np.ndarray:
     """int_0^1 beta(tau) cos(x tau) d tau for the cubic beta with beta(1) = 0 (closed form; series near 0;
     beyond the fade, where no fringe is left, the smooth part alone)."""
@@ -140,27 +159,33 @@ def _mosaic_transform(x: np.ndarray, coeffs: list[np.ndarray], alpha: np.ndarray
     """int_0^1 c(tau) exp(-alpha tau^2) cos(x tau) (or sin) d tau for the polynomial c (coefficients ``coeffs``)
     by Gauss-Legendre; far tails by the endpoint expansion (cosine: -f'(0)/x^2 + f'''(0)/x^4; sine:
     f(0)/x - f''(0)/x^3, f = c exp(-alpha tau^2)), used beyond 6 mosaic sigma and x tau_max = 20."""
+    alpha = np.broadcast_to(alpha, x.shape)
     tau_max = np.minimum(1.0, np.sqrt(40.0 / np.maximum(alpha, 1e-300)))
-    nodes, weights = np.polynomial.legendre.leggauss(_MOSAIC_NODES)
-    tau = 0.5 * (nodes + 1.0)[:, None] * tau_max.ravel()[None, :]                   # (M, n)
-    poly = np.zeros_like(tau)
-    for cm in reversed(coeffs):
-        poly = poly * tau + np.broadcast_to(cm, x.shape).ravel()[None, :]
-    trig = np.sin if sine else np.cos
-    f = poly * np.exp(-alpha.ravel()[None, :] * tau * tau) * trig(x.ravel()[None, :] * tau)
-    quad = ((0.5 * weights[:, None] * f).sum(axis=0) * tau_max.ravel()).reshape(x.shape)
     c = [np.broadcast_to(cm, x.shape) for cm in coeffs] + [np.zeros(x.shape)] * (4 - len(coeffs))
     xs = np.where(np.abs(x) < 1.0, 1.0, x)                 # (the expansion is used only for |x| > 10)
     if sine:
-        asym = c[0] / xs - (2 * c[2] - 2 * alpha * c[0]) / xs ** 3
+        out = c[0] / xs - (2 * c[2] - 2 * alpha * c[0]) / xs ** 3
     else:
-        asym = -c[1] / xs ** 2 + (6 * c[3] - 6 * alpha * c[1]) / xs ** 4
+        out = -c[1] / xs ** 2 + (6 * c[3] - 6 * alpha * c[1]) / xs ** 4
     # the expansion holds once the Gaussian core is negligible (|s| > 6 sigma, i.e. x^2 > 72 alpha) and the
     # quadrature tires (x tau_max > 20); blended over z = 1 .. 1.5 of the smaller of those two ratios
     z = np.minimum(np.abs(x) * tau_max / 20.0, np.abs(x) / np.sqrt(72.0 * np.maximum(alpha, 1e-300)))
     blend = np.clip((z - 1.0) / 0.5, 0.0, 1.0)
     blend = blend * blend * (3 - 2 * blend)
-    return (1 - blend) * quad + blend * asym
+    near = blend < 1.0                                     # Gauss-Legendre only where it is needed
+    if near.any():
+        nodes, weights = np.polynomial.legendre.leggauss(_MOSAIC_NODES)
+        tm = tau_max[near]
+        tau = 0.5 * (nodes + 1.0)[:, None] * tm[None, :]                              # (M, n)
+        poly = np.zeros_like(tau)
+        for cm in reversed(c[:len(coeffs)]):
+            poly = poly * tau + cm[near][None, :]
+        trig = np.sin if sine else np.cos
+        f = poly * np.exp(-alpha[near][None, :] * tau * tau) * trig(x[near][None, :] * tau)
+        quad = (0.5 * weights[:, None] * f).sum(axis=0) * tm
+        out = np.array(out, dtype=float)
+        out[near] = (1 - blend[near]) * quad + blend[near] * out[near]
+    return out
 
 
 def _quadratic_sine_transform(x: np.ndarray, rho: list[np.ndarray]) -> np.ndarray:
@@ -238,53 +263,6 @@ def core_width(shape: ShapeCoefficients, sigma_mosaic: np.ndarray | float = 0.0)
     return np.sqrt((0.5 * shape.e1) ** 2 + (2.0 * np.asarray(sigma_mosaic)) ** 2)
 
 
-# ---------------------------------------------------------------------- spectra
-@dataclass(frozen=True)
-class Spectrum:
-    """Spectral density S(eps) per unit relative wavelength eps = lambda / lambda_0 - 1, integral 1.
-
-    kind "tophat" (full width ``width``), "gaussian" (standard deviation ``sigma``) or "table" (piecewise linear
-    through ``table_eps``, ``table_density``). ``lo``, ``hi``: the support integrated over (a Gaussian's to
-    +-8 sigma, which leaves out 1e-15 of it).
-    """
-
-    kind: str
-    lo: float
-    hi: float
-    sigma: float = 0.0
-    table_eps: tuple = ()
-    table_density: tuple = ()
-
-    @classmethod
-    def from_beam(cls, beam) -> "Spectrum":
-        """The spectrum of a :class:`~cxlspeaks.simulate.beam.Beam`."""
-        if beam.spectrum == "tophat":
-            return cls("tophat", -beam.bandwidth / 2, beam.bandwidth / 2)
-        if beam.spectrum == "gaussian":
-            sigma = beam.spectrum_sigma
-            return cls("gaussian", -8 * sigma, 8 * sigma, sigma=sigma)
-        eps, density = beam.spectrum_density()
-        return cls("table", float(eps[0]), float(eps[-1]), table_eps=tuple(eps), table_density=tuple(density))
-
-    def density(self, eps: np.ndarray) -> np.ndarray:
-        """S(eps) (per unit relative wavelength), zero outside the support."""
-        eps = np.asarray(eps, dtype=float)
-        inside = (eps >= self.lo) & (eps <= self.hi)
-        if self.kind == "tophat":
-            return np.where(inside, 1.0 / (self.hi - self.lo), 0.0)
-        if self.kind == "gaussian":
-            return np.exp(-0.5 * (eps / self.sigma) ** 2) / (self.sigma * math.sqrt(2 * math.pi))
-        return np.interp(eps, self.table_eps, self.table_density, left=0.0, right=0.0)
-
-    @property
-    def max_density(self) -> float:
-        if self.kind == "tophat":
-            return 1.0 / (self.hi - self.lo)
-        if self.kind == "gaussian":
-            return 1.0 / (self.sigma * math.sqrt(2 * math.pi))
-        return float(max(self.table_density))
-
-
 # ---------------------------------------------------------------------- wavelength nodes
 def excitation_error(g: np.ndarray, k: np.ndarray) -> np.ndarray:
     """s = |g + k z| - k (1/m): distance of g (N, 3) from the Ewald sphere of radius k = 1/lambda (broadcast)."""
@@ -303,10 +281,11 @@ def eps_of_s(s: np.ndarray, g2: np.ndarray, gz: np.ndarray, lam0_m: float) -> np
     return 1.0 / (wavenumber_at(s, g2, gz) * lam0_m) - 1.0
 
 
-def wavelength_nodes(g: np.ndarray, lam0_m: float, spectrum: Spectrum, width: np.ndarray,
+def wavelength_nodes(g: np.ndarray, lam0_m: float, spectrum, width: np.ndarray,
                      n_core: int = DEFAULT_NODES, n_side: int = SIDE_NODES, core_widths: float = CORE_WIDTHS,
                      s_cell: np.ndarray | None = None):
-    """Quadrature nodes over the spectrum's support for each reflection (rows of g, (N, 3), 1/m).
+    """Quadrature nodes over the support of ``spectrum`` (:class:`~cxlspeaks.simulate.beam.Spectrum`) for each
+    reflection (rows of g, (N, 3), 1/m).
 
     The support is cut where the excitation error is +-``core_widths`` core widths: inside, ``n_core``
     Gauss-Legendre nodes in u = atan(s / width) resolve the profile's core and near tails; on either side
