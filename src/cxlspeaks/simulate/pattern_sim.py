@@ -284,6 +284,9 @@ class PatternSimBackend:
     def __init__(self, geometry: Geometry, crystal: Crystal, beam: Beam, sample: CrystalSample = CrystalSample(),
                  executable: str | None = None, spectrum_samples: int = 7, workdir: str | Path | None = None,
                  timeout_s: float | None = None):
+        if beam.spectrum not in ("tophat", "gaussian"):
+            raise ValueError(f"pattern_sim draws a tophat or a Gaussian spectrum, not {beam.spectrum!r}; "
+                             "use the builtin Bragg backend for a spectrum table")
         exe = find_pattern_sim(executable)
         if exe is None:
             where = repr(executable) if executable else f"${ENV_VAR} or PATH"
