@@ -6,6 +6,8 @@ hits where both exist, the lowest frame numbers), and runs
   bound          the posterior mean of (E, L) from the counts under the expected water + the frame's true Bragg image
                  (ORACLE: the Bragg image is the frames file's signal), prior uniform in (ln E, ln L)
   water_fit      Poisson ML fit of the water profile, Bragg spots masked as Poisson outliers (no truth used)
+  water_posterior  the bound's posterior mean computed without the Bragg image, on the pixels the water fit kept
+                 (no truth used: the Bayesian water estimator)
   regressor      ridge on geometry-aware profile features, trained on ``--train-frames-per-dataset`` frames of the
                  split's train subset of every dataset (truth used for training only)
   peak_refine    hits only, ORACLE orientation and h,k,l (the frames file's astar/bstar/cstar and peak list),
@@ -55,11 +57,13 @@ def truth_peaks(h5, i: int):
     return hkl, h5["entry_1/result_1/peakXPosRaw"][i, :n], h5["entry_1/result_1/peakYPosRaw"][i, :n], basis
 
 
-def estimate_all(frame, geometry, bins, regressor, peaks, hit):
-    """{estimator: (E, L, sigma_E, sigma_L)} of one frame (the bound is run separately)."""
+def estimate_all(frame, geometry, bins, regressor, peaks, hit, bound):
+    """{estimator: (E, L, sigma_E, sigma_L)} of one frame (the oracle bound is run separately)."""
     out = {}
     w = fit_water_frame(frame, geometry, bins)
     out["water_fit"] = (w.photon_energy_ev, w.clen_m, w.sigma_photon_energy_ev, w.sigma_clen_m)
+    p = bound.posterior(frame, None, drop=w.extra["masked_pixels"])
+    out["water_posterior"] = (p.photon_energy_ev, p.clen_m, p.sd_photon_energy_ev, p.sd_clen_m)
     if regressor is not None:
         r = regressor.predict(profile_features(frame, geometry))[0]
         out["regressor"] = (r.photon_energy_ev, r.clen_m, r.sigma_photon_energy_ev, r.sigma_clen_m)
@@ -153,7 +157,7 @@ def main() -> int:
                                     "correct": bool(DESIGN_ENERGIES_EV[b.class_energy] == e0
                                                     and DESIGN_CLENS_M[b.class_clen] == l0)})
                 peaks = truth_peaks(h5, i) if hit else None
-                ests.update(estimate_all(frame, geometry, bins, regressor, peaks, hit))
+                ests.update(estimate_all(frame, geometry, bins, regressor, peaks, hit, bound))
                 for name, (e, L, se, sl) in ests.items():
                     records.append({"dataset": d, "frame": i, "flux": row.flux, "kind": "hit" if hit else "empty",
                                     "estimator": name, "photon_energy_ev": e, "clen_m": L,
@@ -164,7 +168,8 @@ def main() -> int:
                     moved, geo2 = shift_frame_and_geometry(frame, geometry, *args.shift_px)
                     if peaks is not None:
                         peaks = (peaks[0], peaks[1] + args.shift_px[0], peaks[2] + args.shift_px[1], peaks[3])
-                    shifted = estimate_all(moved, geo2, ProfileBins.from_geometry(geo2), regressor, peaks, hit)
+                    shifted = estimate_all(moved, geo2, ProfileBins.from_geometry(geo2), regressor, peaks, hit,
+                                           WaterBound(geo2))
                     for name, (e, L, se, sl) in shifted.items():
                         e1, l1, se1, sl1 = ests[name]
                         invariance.append({"dataset": d, "frame": i, "estimator": name,

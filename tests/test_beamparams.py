@@ -97,10 +97,17 @@ def test_bound_posterior_covers_the_truth_with_and_without_bragg_spots():
         assert abs(plain.clen_m - L0) < 3 * plain.sd_clen_m
         assert plain.edge_mass < 1e-3 and not plain.bragg_modelled
         assert (plain.class_energy, plain.class_clen) == (1, 0)
-        hit = bound.posterior(frame_rng.poisson(image + signal).astype(float), signal)
+        counts = frame_rng.poisson(image + signal).astype(float)
+        hit = bound.posterior(counts, signal)
         assert hit.bragg_modelled
         assert abs(hit.photon_energy_ev - E0) < 3 * hit.sd_photon_energy_ev
         assert abs(hit.clen_m - L0) < 3 * hit.sd_clen_m
+        # no oracle: the spots left out by the water fit's outlier mask instead of modelled
+        drop = fit_water_frame(counts, g, small_bins(g)).extra["masked_pixels"]
+        assert drop[spots[:, 0], spots[:, 1]].all()
+        blind = bound.posterior(counts, None, drop=drop)
+        assert abs(blind.photon_energy_ev - E0) < 3 * blind.sd_photon_energy_ev
+        assert abs(blind.clen_m - L0) < 3 * blind.sd_clen_m
 
 
 def test_a_moved_beam_centre_with_its_geometry_gives_the_same_estimate():

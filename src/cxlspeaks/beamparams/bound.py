@@ -150,10 +150,17 @@ class WaterBound:
         return A, C, ll
 
     # ------------------------------------------------------------------ posterior
-    def posterior(self, frame: np.ndarray, signal: np.ndarray | None = None) -> BoundResult:
+    def posterior(self, frame: np.ndarray, signal: np.ndarray | None = None,
+                  drop: np.ndarray | None = None) -> BoundResult:
         """The posterior of one frame (float (ss, fs) counts) with the frame's Bragg image ``signal`` (expected
-        photons (ss, fs), or None: water only)."""
+        photons (ss, fs), or None: water only); ``drop`` (bool (ss, fs)) leaves pixels out. Without ``signal`` and
+        with ``drop`` = the water fit's outlier mask (``extra['masked_pixels']``) this is no oracle: the
+        Bayesian (posterior-mean) water estimator, which on a flat ridge beats the maximum-likelihood fit."""
         bins, bragg, sel = self.bins, None, None
+        fit_bins = self.fit_bins
+        if drop is not None:
+            bins = bins.without(drop, self.geometry)
+            fit_bins = fit_bins.without(drop, self.geometry)
         if signal is not None:
             sel = (np.asarray(signal) > self.signal_floor) & (bins.pixel_bin >= 0)
             if sel.any():
@@ -162,7 +169,8 @@ class WaterBound:
                          np.asarray(signal, dtype=float)[sel])
                 bins = bins.without(sel, self.geometry)
         counts = bins.counts(frame)
-        fit_bins = self.fit_bins if bragg is None else self.fit_bins.without(sel, self.geometry)
+        if bragg is not None:
+            fit_bins = fit_bins.without(sel, self.geometry)
         start = fit_water_profile(fit_bins.counts(frame), WaterProfileModel(fit_bins, self.f), self.prior)
         a_hat, c_hat = np.log(start.photon_energy_ev), np.log(start.clen_m)
         sa = max(start.extra["fisher_sigma_ln_e"], 1e-5)

@@ -263,7 +263,7 @@ def fit_water_frame(frame: np.ndarray, geometry: Geometry, bins: ProfileBins | N
     pixels that are outliers against their bin's mean count, fit, mask the outliers against the fitted water
     (Bragg spots, :func:`outlier_pixels`), refit, ``iterations`` times. ``extra_mask`` (bool,
     True = drop) removes known pixels first (e.g. boxes around found peaks). ``extra['n_masked']`` counts the
-    pixels dropped."""
+    pixels dropped, ``extra['masked_pixels']`` is them (bool (ss, fs))."""
     bins = bins or ProfileBins.from_geometry(geometry)
     dropped = np.zeros(frame.shape, dtype=bool) if extra_mask is None else np.asarray(extra_mask, dtype=bool)
     work = bins.without(dropped, geometry)
@@ -282,4 +282,5 @@ def fit_water_frame(frame: np.ndarray, geometry: Geometry, bins: ProfileBins | N
         est = fit_water_profile(work.counts(frame), WaterProfileModel(work, polarisation_fraction), prior,
                                 start=est)
     est.extra["n_masked"] = int(dropped.sum())
+    est.extra["masked_pixels"] = dropped
     return est
