@@ -158,7 +158,7 @@ def test_the_table_is_large_and_the_tiny_config_itself_passes():
     config = yaml.safe_load(TINY)
     settings = config_checks.check_config(config, SCHEMA, [REPO / "config" / "test.yaml"], REPO,
                                           config_checks.snakemake_fill_defaults(SCHEMA))
-    assert sorted(settings) == ["01", "02", "extreme", "low"] and config["results_dir"] == "results/test"
+    assert sorted(settings) == ["01", "02", "extreme", "low", "realistic"] and config["results_dir"] == "results/test"
 
 
 @pytest.mark.parametrize("edit, key", [case[1:] for case in CASES], ids=[case[0] for case in CASES])

@@ -231,8 +231,10 @@ def test_test_config_through_slurm_equals_a_local_run(local_slurm, tmp_path):
     for stage in DATA_STAGES:
         assert sent[stage] == planned[stage] > 0, stage
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    shards = -(-config["defaults"]["frames"] // config["defaults"]["frames_per_shard"])
-    assert sent["simulate_shard"] == len(config["datasets"]) * shards  # N shards -> N parallel jobs
+    per_shard = config["defaults"]["frames_per_shard"]
+    shards = sum(-(-(entry or {}).get("frames", config["defaults"]["frames"]) // per_shard)
+                 for entry in config["datasets"].values())
+    assert sent["simulate_shard"] == shards  # N shards -> N parallel jobs
 
     # ---- what Slurm recorded: every job ran to completion; GPU jobs asked for and were given a GPU
     for rule in GPU_RULES:

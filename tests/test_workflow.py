@@ -78,8 +78,8 @@ def test_contract_files_have_the_stated_layout(test_run):
     workdir, config = test_run
     for name, entry in config["datasets"].items():
         frames = workdir / TINY_RESULTS / "datasets" / name / "frames.h5"
-        n_crystal = config["defaults"]["frames"]
-        n_empty = round(n_crystal * config["defaults"]["empty_percent"] / 100)
+        n_crystal = entry.get("frames", config["defaults"]["frames"])
+        n_empty = round(n_crystal * entry.get("empty_percent", config["defaults"]["empty_percent"]) / 100)
         n = n_crystal + n_empty
         geometry = read_geometry(workdir / TINY_RESULTS / "datasets" / name / "detector.geom")
         shape = geometry.shape
@@ -126,15 +126,17 @@ def test_contract_files_have_the_stated_layout(test_run):
 
 def test_empty_frames_are_all_different_and_differ_from_overlays(test_run):
     workdir, config = test_run
-    n_crystal = config["defaults"]["frames"]
-    frames = []
-    for name in config["datasets"]:
+    frames, n_empty_all = [], 0
+    for name, entry in config["datasets"].items():
+        n_crystal = entry.get("frames", config["defaults"]["frames"])
+        n_empty = round(n_crystal * entry.get("empty_percent", config["defaults"]["empty_percent"]) / 100)
+        assert n_empty >= 2
+        n_empty_all += n_empty
         with h5py.File(workdir / TINY_RESULTS / "datasets" / name / "frames.h5") as h5:
             data = h5["/entry/data/data"][()]
         frames += [(name, i, data[i].tobytes(), i >= n_crystal) for i in range(len(data))]
     empties = [f for f in frames if f[3]]
-    n_empty = round(n_crystal * config["defaults"]["empty_percent"] / 100)
-    assert n_empty >= 2 and len(empties) == n_empty * len(config["datasets"])
+    assert len(empties) == n_empty_all
     for a in range(len(empties)):
         for other in frames:
             if other[:2] != empties[a][:2]:
