@@ -223,6 +223,12 @@ def score_set(name: str, frames_path: Path, manifest_path: Path, checkpoints: di
     return rows
 
 
+def _shown(path: Path) -> str:
+    """A path relative to the repository when inside it (so the results do not name this machine's folders)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def print_table(rows: list[dict]) -> None:
     columns = ["set", "flux", "finder", "hit_tpr", "empty_hit_rate", "ice_empty_hit_rate", "precision_ge3",
                "recall_ge3", "f1_ge3", "precision_ge10", "recall_ge10", "f1_ge10", "false_peaks_per_empty_frame",
@@ -311,9 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "nuisances": {name: dataclasses.asdict(n) for name, (_, n, _) in sets.items()},
                      "empties_only": [name for name, (_, _, e) in sets.items() if e]},
         "models": {"trained_on": TRAINED_ON, "pipeline_trained_on": predictor.trained_on,
-                   "checkpoints": {k: str(Path(v).relative_to(REPO)) if Path(v).is_relative_to(REPO) else str(v)
-                                   for k, v in {**checkpoints, **finder_checkpoints}.items()}},
-        "reference": None if reference is None else str(reference),
+                   "checkpoints": {k: _shown(v) for k, v in {**checkpoints, **finder_checkpoints}.items()}},
+        "reference": None if reference is None else _shown(reference),
         "seconds": timings, "machine": {"cpu": platform.processor() or platform.machine(),
                                         "torch_threads": torch.get_num_threads()},
         "rows": rows,
