@@ -1,13 +1,14 @@
 """The ``cxlspeaks`` command: run the trained models on recorded frames.
 
     cxlspeaks run SOURCE --models results/models -o predictions.csv [--cxi peaks.cxi [--cell X.cell]]
-                  [--geometry detector.geom] [--channel N|NAME] [--finder network|cascade] [--quiet]
+                  [--geometry detector.geom] [--channel N|NAME] [--finder network|cascade] [--beam-fit] [--quiet]
 
 SOURCE: a cxlspeaks frames file or plain HDF5 stack (/entry/data/data or the geometry's ``data``), a DECTRIS NXmx
 master file (legacy data_NNNNNN links or a v2024.2 VDS; ``--channel`` for a multi-channel one), a Cheetah/OM CXI
 file (``--geometry`` required) or a CrystFEL ``.lst`` event list (:func:`cxlspeaks.sources.open_source`).
 ``--geometry`` is optional where the file describes its detector (stored geometry text, NXmx metadata). Rows:
-frame, event, source_file, the scores, n_peaks, n_masked, n_saturated. Use outside the models' training (another
+frame, event, source_file, the scores, n_peaks, n_masked, n_saturated (``--beam-fit``: also each frame's photon
+energy and camera length as continuous estimates with 1-sigma uncertainties, :mod:`cxlspeaks.run_beam`). Use outside the models' training (another
 detector layout, a camera length outside the trained range) is one ``cxlspeaks: warning: ...`` line per kind.
 
 Output: the CSV goes to ``-o FILE``, or to standard output without ``-o`` or with ``-o -``. With ``--cxi`` the
@@ -96,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cell", type=Path, default=None,
                      help="CrystFEL unit cell file copied to the .cell beside --cxi (default: the 1IC6 cell)")
     run.add_argument("--no-peaks", action="store_true", help="skip peak finding (no peak network needed)")
+    run.add_argument("--beam-fit", action="store_true",
+                     help="add photon_energy_fit_ev, clen_fit_m and their sigmas: a fit of the water ring per frame "
+                          "(~1.7 s per Eiger 4M frame; flat detectors)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar on standard error")
     # Listed here for --help; their own parsers (cxlspeaks.live.cli) read their options.
     commands.add_parser("replay", add_help=False, help="serve a file of frames as a DECTRIS detector's stream "
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         table = run_pipeline(args.frames, checkpoints, args.output, args.geometry, threshold=args.threshold,
                              batch_size=args.batch_size, cxi_output=args.cxi, cell_file=args.cell,
                              progress=False if args.quiet else None, channel=args.channel,
-                             peak_finder=args.finder)
+                             peak_finder=args.finder, beam_fit=args.beam_fit)
     except (DataFileError, CheckpointError, GeometryError, StructureError, RunArgumentError) as exc:
         return _error(str(exc) or type(exc).__name__)
     except OSError as exc:  # the disk, not the code: a write that failed after the checks (full, removed folder)

@@ -34,6 +34,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, trained_on
 from .features import binned_frames, binned_radius_m, mask_fraction
 from .io import DataFileError, atomic_path
+from .run_beam import BEAM_FIT_COLUMNS, BeamFitter
 from .run_checks import (RunArgumentError, check_counts, check_run_paths, check_source, cell_text, integer_source,
                          list_files, run_outputs)
 from .run_cxi import FrameSpool, linkable, write_peak_files  # noqa: F401
@@ -44,7 +45,8 @@ MODEL_INPUTS = ("counts", "mask", "radius")
 #: A frame's camera length more than this fraction outside the trained range is a warning.
 CLEN_TOLERANCE = 0.10
 COLUMNS = ("frame", "event", "source_file", "hit_probability", "is_hit", "photon_energy_ev",
-           "photon_energy_probability", "clen_m", "clen_probability", "n_peaks", "n_masked", "n_saturated")
+           "photon_energy_probability", "clen_m", "clen_probability", *BEAM_FIT_COLUMNS, "n_peaks", "n_masked",
+           "n_saturated")
 
 
 def binned_shape(shape: tuple[int, int], factor: int) -> tuple[int, int]:
@@ -212,7 +214,7 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
                  threshold: float = 0.5, batch_size: int = 8, cxi_output: str | Path | None = None,
                  cell_file: str | Path | None = None, progress: bool | None = False,
                  channel: int | str | None = None, warn: Callable[[str], None] | None = print_warning,
-                 peak_finder: str = "network") -> pd.DataFrame:
+                 peak_finder: str = "network", beam_fit: bool = False) -> pd.DataFrame:
     """Score the frames of one source (all, or the given source indices); write the CSV when ``output`` is given.
 
     ``frames_path``: anything :func:`~cxlspeaks.sources.open_source` opens (``geometry_path`` and ``channel``
@@ -222,6 +224,7 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
     .geom and .cell beside it (``cell_file``: the unit cell to copy; default the 1IC6 cell). Missing output
     folders are created. ``progress``: a tqdm bar on standard error (None: only when standard error is a
     terminal). ``warn``: called with the text of each warning kind once (default: one line on standard error).
+    ``beam_fit``: add :data:`~cxlspeaks.run_beam.BEAM_FIT_COLUMNS` (:class:`~cxlspeaks.run_beam.BeamFitter`).
 
     Returns one row per frame (:data:`COLUMNS`; n_peaks is pandas' nullable Int64). Raises, before any frame is
     scored, :class:`RunArgumentError` for unusable outputs (an input file, each other, not writable) or
@@ -260,6 +263,12 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
         finder = None
         if checkpoints.get("peaks") is not None:
             finder = RunPeakFinder(peak_finder, checkpoints["peaks"])
+        fitter = None
+        if beam_fit:
+            try:
+                fitter = BeamFitter(source.geometry)
+            except ValueError as exc:
+                raise RunArgumentError(f"--beam-fit: {str(exc).splitlines()[0]}") from None
         shapes = {binned_shape(source.geometry.shape, factor)}
         for text in predictor.check_shape(next(iter(shapes)), frames_path):
             warning("shape", text)
@@ -272,7 +281,7 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
             for start in range(0, len(indices), batch_size):
                 chunk = [int(i) for i in indices[start:start + batch_size]]
                 rows.append(_score_chunk(source, chunk, predictor, finder, signed, shapes, warning,
-                                         frames_path, peak_tables, spool))
+                                         frames_path, peak_tables, spool, fitter))
                 bar.update(len(chunk))
             bar.close()
             geometry = source.geometry
@@ -293,7 +302,7 @@ def run_pipeline(frames_path: str | Path, checkpoints: dict[str, str | Path], ou
 
 
 def _score_chunk(source, chunk, predictor, peak_finder, signed, shapes, warning, frames_path, peak_tables,
-                 spool) -> pd.DataFrame:
+                 spool, fitter=None) -> pd.DataFrame:
     """Scores (and peaks) of the source frames ``chunk``; peak tables of hits are appended to ``peak_tables``
     (and hit frames to ``spool``)."""
     factor = predictor.bin_factor
@@ -327,6 +336,10 @@ def _score_chunk(source, chunk, predictor, peak_finder, signed, shapes, warning,
     scored.insert(0, "frame", chunk)
     scored.insert(1, "event", [f.event for f in frames])
     scored.insert(2, "source_file", [f.source_file for f in frames])
+    if fitter is not None:
+        fits = pd.DataFrame([fitter.fit(v, f.good, f.geometry or source.geometry) for v, f in zip(counts, frames)])
+        for column in BEAM_FIT_COLUMNS:
+            scored[column] = fits[column].to_numpy()
     if peak_finder is not None:
         found = []
         for i, frame, values, hit in zip(chunk, frames, counts, scored["is_hit"]):
