@@ -213,7 +213,7 @@ def test_configfile_replaces_the_default_config_and_writes_to_its_own_folder(rep
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     counts = planned(output)
-    assert counts["geometry"] == counts["water"] == counts["assemble"] == 4  # the 4 tiny datasets, not 11
+    assert counts["geometry"] == counts["water"] == counts["assemble"] == 5  # the 5 tiny datasets, not 11
     assert "results/test/datasets/01/frames.h5" in output and "results/test/reports/index.html" in output
     assert not re.search(r"(?<![\w/])results/(datasets|reports|models|splits)/", output)
     default = snakemake("--cores", "2", "-n", cwd=repo_copy)
@@ -225,4 +225,4 @@ def test_the_slurm_profile_dry_runs_the_tiny_config(repo_copy):
     result = snakemake("--profile", "slurm", "--configfile", "config/test.yaml", "-n", cwd=repo_copy)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert planned(output)["geometry"] == 4 and "results/test/" in output
+    assert planned(output)["geometry"] == 5 and "results/test/" in output

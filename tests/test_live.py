@@ -275,8 +275,8 @@ def test_killed_worker_shows_as_lost_frames_and_the_run_completes(setup, tmp_pat
         from cxlspeaks.sources import stream2
 
         sock = zmq.Context.instance().socket(zmq.PUSH)
-        sock.bind(endpoint.replace("127.0.0.1", "127.0.0.1"))
-        replay(setup["frames_path"], socket=sock, wait_peers=2, count=6, number_of_images=12, send_end=False)
+        replay(setup["frames_path"], endpoint, socket=sock, wait_peers=2, count=6, number_of_images=12,
+               send_end=False)                                    # replay binds it once it watches for clients
         time.sleep(1.0)
         pids = [int(p.split()[0]) for p in subprocess.run(["pgrep", "-f", "cxlspeaks-worker|multiprocessing.spawn"],
                                                           capture_output=True, text=True).stdout.split()]
@@ -316,9 +316,8 @@ def test_abort_mid_series_then_a_new_series(setup, tmp_path):
         import zmq
 
         sock = zmq.Context.instance().socket(zmq.PUSH)
-        sock.bind(endpoint)
-        replay(setup["frames_path"], socket=sock, wait_peers=2, count=4, number_of_images=12, send_end=False,
-               series_id=1)
+        replay(setup["frames_path"], endpoint, socket=sock, wait_peers=2, count=4, number_of_images=12,
+               send_end=False, series_id=1)
         sock.send(b"\xff\x00 a stray partial message")
         replay(setup["frames_path"], socket=sock, wait_peers=0, series_id=2)
         sock.close(linger=5000)

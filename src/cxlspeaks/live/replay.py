@@ -69,8 +69,10 @@ def image_bytes(series_id: int, image_id: int, data_cbor: bytes) -> bytes:
     return head[:-1] + data_cbor
 
 
-def wait_for_peers(socket, n: int, timeout_s: float) -> None:
-    """Block until ``n`` peers completed the ZeroMQ handshake with ``socket`` (TimeoutError after timeout_s)."""
+def wait_for_peers(socket, n: int, timeout_s: float, bind: str | None = None) -> None:
+    """Block until ``n`` peers completed the ZeroMQ handshake with ``socket`` (TimeoutError after timeout_s).
+    ``bind``: bind the socket to this endpoint only after the monitor is attached, so that a client already
+    waiting (it connects the moment the socket binds) is not missed."""
     import zmq
 
     events = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_ACCEPTED)
@@ -79,6 +81,8 @@ def wait_for_peers(socket, n: int, timeout_s: float) -> None:
     try:
         from zmq.utils.monitor import recv_monitor_message
 
+        if bind is not None:
+            socket.bind(bind)
         while peers < n:
             left = deadline - time.monotonic()
             if left <= 0 or not monitor.poll(int(left * 1000)):
@@ -90,7 +94,7 @@ def wait_for_peers(socket, n: int, timeout_s: float) -> None:
         monitor.close(linger=0)
 
 
-def replay(source, bind: str = "tcp://127.0.0.1:31001", protocol: str = "stream2", rate: float | None = None,
+def replay(source, bind: str | None = None, protocol: str = "stream2", rate: float | None = None,
            count: int | None = None, compression: str = "bslz4", series_id: int = 1, send_start: bool = True,
            send_end: bool = True, wait_peers: int = 1, peer_timeout_s: float = 60.0, socket=None,
            header_detail: str = "all", channels=("threshold_1",), saturation_value: int | None = None,
@@ -99,7 +103,9 @@ def replay(source, bind: str = "tcp://127.0.0.1:31001", protocol: str = "stream2
     """Serve the frames of ``source`` (a path; or ``frames`` + ``geometry`` given directly) as one series.
 
     Args:
-        bind: endpoint to bind the PUSH socket to (ignored when an open ``socket`` is given).
+        bind: endpoint to bind the PUSH socket to (default tcp://127.0.0.1:31001); with an open ``socket``, None
+            means the socket is bound already, an endpoint that replay binds it (after it starts watching for
+            clients, so none is missed).
         protocol: ``stream2`` or ``stream1``.
         rate: images per second (None: as fast as the clients take them).
         count: images to send (default: every frame once; more cycles over the file).
@@ -136,10 +142,12 @@ def replay(source, bind: str = "tcp://127.0.0.1:31001", protocol: str = "stream2
     if own:
         socket = zmq.Context.instance().socket(zmq.PUSH)
         socket.setsockopt(zmq.SNDHWM, 100000)
-        socket.bind(bind)
+        bind = bind or "tcp://127.0.0.1:31001"
     try:
         if wait_peers:
-            wait_for_peers(socket, wait_peers, peer_timeout_s)
+            wait_for_peers(socket, wait_peers, peer_timeout_s, bind)
+        elif bind is not None:
+            socket.bind(bind)
         comp = None if compression == "none" else compression
         encoded: dict[int, object] = {}
 
