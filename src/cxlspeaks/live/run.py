@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .collector import Collector
-from .workers import worker_main
+from .workers import check_device_name, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ def live(connect: str, models: str | Path, out: str | Path, workers: int = 2, ge
         raise ValueError(f"unknown protocol {protocol!r} (stream2 or stream1)")
     if finder not in ("peakfinder8", "network"):
         raise ValueError(f"unknown finder {finder!r} (network or peakfinder8)")
-    if device != "auto" and device != "cpu" and not str(device).startswith("cuda"):
-        raise ValueError(f"unknown device {device!r} (auto, cpu or cuda[:N])")
+    check_device_name(device)
     geometry_obj = None
     if geometry is not None:
         from ..geometry import read_geometry

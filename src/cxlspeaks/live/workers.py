@@ -66,14 +66,13 @@ class FrameScorer:
             from ..peaks.batched import BatchedPeakPipeline
 
             dtype = "float16" if str(peak_device).startswith("cuda") else "float32"
-            self._batched = BatchedPeakPipeline(models / "peaks" / "checkpoint.pt", device=peak_device, dtype=dtype,
-                                                batch_size=1, decode_threads=1)
-            self._network_find = lambda counts, good: self._batched.find(counts[None], good)[0]
+            batched = BatchedPeakPipeline(models / "peaks" / "checkpoint.pt", device=peak_device, dtype=dtype,
+                                          batch_size=1, decode_threads=1)
+            self._network_find = lambda counts, good: batched.find(counts[None], good)[0]
         elif finder == "network":
             from ..peaks.network import NetworkPeakFinder
 
-            self.network = NetworkPeakFinder(models / "peaks" / "checkpoint.pt", threads=threads)
-            self._network_find = self.network.find
+            self._network_find = NetworkPeakFinder(models / "peaks" / "checkpoint.pt", threads=threads).find
         elif finder != "peakfinder8":
             raise ValueError(f"unknown finder {finder!r} (network or peakfinder8)")
         self.finder = finder
@@ -221,20 +220,26 @@ def _as_sent(encoded, raw: np.ndarray):
     return raw
 
 
+def check_device_name(device: str) -> None:
+    """ValueError (one line) unless ``device`` is "auto", "cpu" or "cuda[:N]" (no torch import: the collector
+    checks the option before it starts the workers)."""
+    if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
+        raise ValueError(f"unknown device {device!r} (auto, cpu or cuda[:N])")
+
+
 def peak_device(device: str) -> str | None:
     """The torch device of the peak network for ``--device``: "auto" is CUDA when torch sees a GPU, else None
     (the CPU finder); "cpu" is None; "cuda" (or "cuda:N") must exist (ValueError otherwise)."""
     import torch
 
+    check_device_name(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else None
     if device == "cpu":
         return None
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: torch sees no CUDA device here")
-        return device
-    raise ValueError(f"unknown device {device!r} (auto, cpu or cuda[:N])")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA device here")
+    return device
 
 
 def worker_main(index: int, config: dict) -> None:

@@ -112,14 +112,21 @@ def reflection_sums(signal: np.ndarray, background: np.ndarray, good: np.ndarray
     return out
 
 
+def _per_footprint_size(sums: dict[str, np.ndarray], n_good: int, false_per_frame: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(P_detect (R, max_pixels), alpha (max_pixels,)) of the top-k footprints ranked by s_i/b_i, k = 1..max_pixels,
+    each at the level alpha_k = r k / n_good (capped at 0.5)."""
+    k = np.arange(1, sums["s_ratio"].shape[1] + 1)
+    alpha = np.minimum(false_per_frame * k / max(n_good, 1), 0.5)
+    return detection_probability(sums["s_ratio"], sums["b_ratio"], alpha[None, :]), alpha
+
+
 def bound_probability(sums: dict[str, np.ndarray], n_good: int, false_per_frame: float,
                       footprint: str | float = "best") -> np.ndarray:
     """P_detect of every reflection of :func:`reflection_sums` at the level alpha = r |F| / n_good (capped 0.5)."""
     max_pixels = sums["s_ratio"].shape[1]
     if footprint == "best":
-        k = np.arange(1, max_pixels + 1)
-        alpha = np.minimum(false_per_frame * k / max(n_good, 1), 0.5)
-        p = detection_probability(sums["s_ratio"], sums["b_ratio"], alpha[None, :])
+        p, _ = _per_footprint_size(sums, n_good, false_per_frame)
         return p.max(axis=1) if p.size else np.zeros(len(sums["s_window"]))
     fraction = float(footprint)
     if not 0 < fraction <= 1:
@@ -157,12 +164,9 @@ def realized_detections(sums: dict[str, np.ndarray], n_good: int, false_per_fram
     the detected set is what a finder that knows every position and profile would report on this frame, without
     its false peaks. Needs ``sums`` from :func:`reflection_sums` with ``counts``; raises KeyError without them.
     """
-    max_pixels = sums["s_ratio"].shape[1]
     if sums["s_ratio"].shape[0] == 0:
         return np.zeros(0, dtype=bool)
-    k = np.arange(1, max_pixels + 1)
-    alpha = np.minimum(false_per_frame * k / max(n_good, 1), 0.5)
-    p = detection_probability(sums["s_ratio"], sums["b_ratio"], alpha[None, :])
+    p, alpha = _per_footprint_size(sums, n_good, false_per_frame)
     best = p.argmax(axis=1)
     rows = np.arange(len(best))
     threshold = k_alpha(sums["b_ratio"][rows, best], alpha[best])
